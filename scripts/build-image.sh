@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# Build the lab's base image (Debian with systemd and python3) with debootstrap
+# and `docker import` it. There is no container registry here, so nothing is
+# pulled. The mirror is the one this controller's apt configuration names: no
+# mirror host is written in this repository.
+#
+#   scripts/build-image.sh [trixie|bookworm]     (default: trixie)
+#   FORCE=1 scripts/build-image.sh ...           rebuild even if present
+set -euo pipefail
+release=${1:-trixie}
+image=${LAB_IMAGE_REPO:-celery-lab/debian}:$release
+case "$release" in trixie|bookworm) ;; *) echo "unsupported release: $release (trixie or bookworm)" >&2; exit 2;; esac
+
+if [ -z "${FORCE:-}" ] && docker image inspect "$image" >/dev/null 2>&1; then
+  echo "==> $image present, reused"; exit 0
+fi
+
+mirror=$("$(dirname "$0")/debian-mirror.sh")
+# Through the controller's package cache when it runs (scripts/apt-cache.sh).
+if (exec 3<>/dev/tcp/127.0.0.1/3142) 2>/dev/null; then export http_proxy=http://127.0.0.1:3142; fi
+
+root=$(mktemp -d /var/tmp/lab-rootfs.XXXXXX)
+trap 'rm -rf "$root"' EXIT
+echo "==> debootstrap $release from $mirror"
+debootstrap --variant=minbase \
+  --include=systemd,systemd-sysv,dbus,python3,python3-apt,iproute2,procps,ca-certificates,libpam-systemd \
+  "$release" "$root" "$mirror" >"$root.log" 2>&1 || { tail -n 40 "$root.log"; exit 1; }
+rm -f "$root.log"
+
+cat >"$root/etc/apt/sources.list" <<SRC
+deb $mirror $release main
+deb $mirror $release-updates main
+SRC
+# An empty machine-id: each container gets its own at first boot.
+: >"$root/etc/machine-id"
+# Units that have no meaning in a container.
+for unit in getty.target console-getty.service systemd-udevd.service systemd-udev-trigger.service \
+            systemd-remount-fs.service sys-kernel-debug.mount sys-kernel-tracing.mount; do
+  ln -sf /dev/null "$root/etc/systemd/system/$unit"
+done
+rm -rf "$root"/var/cache/apt/archives/*.deb "$root"/var/lib/apt/lists/*
+
+echo "==> importing $image"
+tar -C "$root" -c . | docker import \
+  --change 'CMD ["/sbin/init"]' \
+  --change 'ENV container=docker' \
+  - "$image" >/dev/null
+echo "==> built $image"
