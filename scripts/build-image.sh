@@ -38,7 +38,8 @@ for unit in getty.target console-getty.service systemd-udevd.service systemd-ude
             systemd-remount-fs.service sys-kernel-debug.mount sys-kernel-tracing.mount; do
   ln -sf /dev/null "$root/etc/systemd/system/$unit"
 done
-rm -rf "$root"/var/cache/apt/archives/*.deb "$root"/var/lib/apt/lists/*
+# The package lists stay: cache_valid_time then means what it says.
+rm -rf "$root"/var/cache/apt/archives/*.deb
 
 echo "==> importing $image"
 tar -C "$root" -c . | docker import \

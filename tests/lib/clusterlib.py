@@ -1,0 +1,125 @@
+"""Helpers for the molecule testinfra suites: hosts by inventory group,
+connection attempts and AMQP sessions run *on* the cluster's hosts."""
+import functools
+import json
+import os
+import subprocess
+
+import testinfra
+import testinfra.utils.ansible_runner
+import yaml
+
+INVENTORY = os.environ.get("MOLECULE_INVENTORY_FILE", "")
+PROJECT = os.environ.get("MOLECULE_PROJECT_DIRECTORY", os.path.join(os.path.dirname(__file__), "..", ".."))
+CA = "/etc/celery-cluster/pki/ca.crt"
+VHOST = "celery"
+
+
+@functools.lru_cache(maxsize=None)
+def _runner():
+    return testinfra.utils.ansible_runner.AnsibleRunner(INVENTORY)
+
+
+def group(name):
+    """Inventory hostnames of a group (empty list when the group is absent)."""
+    return sorted(_runner().get_hosts(name))
+
+
+@functools.lru_cache(maxsize=None)
+def host(name):
+    return testinfra.get_host(f"ansible://{name}?ansible_inventory={INVENTORY}")
+
+
+@functools.lru_cache(maxsize=None)
+def secrets():
+    with open(os.environ["CLUSTER_SECRETS"], encoding="utf-8") as handle:
+        return yaml.safe_load(handle)
+
+
+def password(user):
+    return secrets()[{
+        "celery_worker": "vault_rabbitmq_worker_password",
+        "celery_producer": "vault_rabbitmq_producer_password",
+        "celery_client": "vault_rabbitmq_client_password",
+        "celery_monitor": "vault_rabbitmq_monitor_password",
+        "admin": "vault_rabbitmq_admin_password",
+    }[user]]
+
+
+_CONNECT = """
+import socket, sys
+try:
+    socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=float(sys.argv[3])).close()
+    print("OPEN")
+except Exception as error:
+    print("CLOSED", type(error).__name__, error)
+"""
+
+
+def tcp_open(source, target, port, timeout=3):
+    """True when `source` (a hostname) can open a TCP connection to target:port."""
+    out = host(source).check_output("python3 -c %s %s %s %s", _CONNECT, target, str(port), str(timeout))
+    return out.startswith("OPEN"), out
+
+
+# Runs on a cluster host with Debian's python3-amqp: one AMQP session over TLS
+# that verifies the broker certificate against the cluster CA, then the
+# actions given as JSON. Prints one JSON line: {"ok": ..., "result"|"error"}.
+_AMQP = r"""
+import json, sys
+import amqp
+spec = json.loads(sys.argv[1])
+# py-amqp builds the context itself from "context" (a bare SSLContext is ignored).
+tls = {"context": {"cafile": spec["ca"], "check_hostname": True}, "server_hostname": spec["host"]}
+result = []
+try:
+    with amqp.Connection(host="%s:%d" % (spec["host"], spec["port"]), userid=spec["user"],
+                         password=spec["password"], virtual_host=spec["vhost"],
+                         ssl=tls if spec["tls"] else False, connect_timeout=10) as conn:
+        conn.connect() if not conn.connected else None
+        ch = conn.channel()
+        ch.confirm_select()
+        for action in spec["actions"]:
+            kind = action[0]
+            if kind == "declare":
+                ch.queue_declare(action[1], durable=True, auto_delete=False)
+            elif kind == "exchange":
+                ch.exchange_declare(action[1], "direct", durable=True, auto_delete=False)
+            elif kind == "bind":  # ["bind", queue, exchange, routing_key]
+                ch.queue_bind(action[1], action[2], action[3])
+            elif kind == "publish":  # ["publish", routing_key, count, marker, exchange]
+                for i in range(action[2]):
+                    ch.basic_publish_confirm(amqp.Message("%s-%d" % (action[3], i), delivery_mode=2),
+                                     exchange=action[4] if len(action) > 4 else "", routing_key=action[1],
+                                     confirm_timeout=10)  # wait for the broker's confirm
+            elif kind == "get":
+                got = []
+                for _ in range(action[2]):
+                    msg = ch.basic_get(action[1], no_ack=False)
+                    if msg is None:
+                        break
+                    got.append(msg.body if isinstance(msg.body, str) else msg.body.decode())
+                    ch.basic_ack(msg.delivery_tag)
+                result.append(got)
+            elif kind == "delete":
+                ch.queue_delete(action[1])
+    print(json.dumps({"ok": True, "result": result}))
+except Exception as error:
+    print(json.dumps({"ok": False, "error": "%s: %s" % (type(error).__name__, error)}))
+"""
+
+
+def amqp_session(source, user, actions, target, *, secret=None, vhost=VHOST, port=5671, tls=True):
+    """Run AMQP actions from host `source` as `user`; returns the parsed JSON line."""
+    spec = {"host": target, "port": port, "user": user, "password": secret or password(user),
+            "vhost": vhost, "tls": tls, "ca": CA, "actions": actions}
+    out = host(source).check_output("python3 -c %s %s", _AMQP, json.dumps(spec))
+    return json.loads(out.splitlines()[-1])
+
+
+def run_playbook(playbook, *extra):
+    """Run one of the repository's playbooks against the scenario's hosts."""
+    cmd = ["ansible-playbook", "-i", INVENTORY,
+           f"--extra-vars=@{os.environ['CLUSTER_SECRETS']}", os.path.join(PROJECT, playbook), *extra]
+    env = dict(os.environ, ANSIBLE_CONFIG=os.path.join(PROJECT, "ansible.cfg"), ANSIBLE_FORCE_COLOR="0")
+    return subprocess.run(cmd, capture_output=True, text=True, env=env, check=False, timeout=600)
