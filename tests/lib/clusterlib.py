@@ -84,7 +84,7 @@ try:
             if kind == "declare":
                 ch.queue_declare(action[1], durable=True, auto_delete=False)
             elif kind == "exchange":
-                ch.exchange_declare(action[1], "direct", durable=True, auto_delete=False)
+                ch.exchange_declare(action[1], "topic", durable=True, auto_delete=False)
             elif kind == "bind":  # ["bind", queue, exchange, routing_key]
                 ch.queue_bind(action[1], action[2], action[3])
             elif kind == "publish":  # ["publish", routing_key, count, marker, exchange]

@@ -1,0 +1,227 @@
+"""Filters that turn the celery role's variables into a Celery configuration module.
+
+Written by hand because no maintained module renders Celery settings. Values
+are emitted with repr(), so no quoting mistake can produce invalid Python,
+and the same rules that Celery applies are checked here first, so that the
+preflight play can refuse bad input before anything changes.
+"""
+import re
+
+COMPRESSIONS = ("gzip", "bzip2", "zlib", "lzma", "zstd", "brotli")
+CRONTAB_FIELDS = {  # field: (lowest, highest)
+    "minute": (0, 59),
+    "hour": (0, 23),
+    "day_of_week": (0, 6),
+    "day_of_month": (1, 31),
+    "month_of_year": (1, 12),
+}
+DAY_NAMES = {"sun": 0, "mon": 1, "tue": 2, "wed": 3, "thu": 4, "fri": 5, "sat": 6}
+
+
+def _crontab_field_problem(field, value):
+    """None when `value` is a crontab field Celery accepts, else why not."""
+    low, high = CRONTAB_FIELDS[field]
+    text = str(value).strip().lower()
+    if text == "":
+        return "is empty"
+    for part in text.split(","):
+        step = None
+        if "/" in part:
+            part, step = part.split("/", 1)
+            if not step.isdigit() or int(step) == 0:
+                return f"has an invalid step '/{step}'"
+        if part == "*":
+            continue
+        bounds = part.split("-", 1)
+        numbers = []
+        for bound in bounds:
+            if field == "day_of_week" and bound[:3] in DAY_NAMES:
+                numbers.append(DAY_NAMES[bound[:3]])
+            elif bound.isdigit():
+                numbers.append(int(bound))
+            else:
+                return f"has '{bound}', which is not a number"
+        for number in numbers:
+            if not low <= number <= high:
+                return f"has {number}, outside {low}-{high}"
+    return None
+
+
+def celery_config_problems(settings):
+    """Every reason Celery would reject these settings, naming the variable."""
+    problems = []
+    compression = settings.get("celery_task_compression")
+    if compression not in (None, "") and compression not in COMPRESSIONS:
+        problems.append(f"celery_task_compression={compression!r}: use one of {', '.join(COMPRESSIONS)} or null")
+    for name in ("celery_task_time_limit", "celery_task_soft_time_limit"):
+        value = settings.get(name)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0):
+            problems.append(f"{name}={value!r}: a time limit is a positive number of seconds, or null")
+    soft, hard = settings.get("celery_task_soft_time_limit"), settings.get("celery_task_time_limit")
+    if isinstance(soft, (int, float)) and isinstance(hard, (int, float)) and soft > 0 and hard > 0 and soft >= hard:
+        problems.append(f"celery_task_soft_time_limit={soft} must be below celery_task_time_limit={hard}")
+    prefetch = settings.get("celery_worker_prefetch_multiplier")
+    if prefetch is not None and (not isinstance(prefetch, int) or isinstance(prefetch, bool) or prefetch < 0):
+        problems.append(f"celery_worker_prefetch_multiplier={prefetch!r}: a whole number, 0 or more")
+    retries = settings.get("celery_result_backend_max_retries")
+    if retries is not None and (not isinstance(retries, int) or isinstance(retries, bool) or retries < 0):
+        problems.append(f"celery_result_backend_max_retries={retries!r}: a whole number, 0 or more, or null")
+    rate = re.compile(r"^\d+(\.\d+)?/[smh]$")
+    default_rate = settings.get("celery_task_default_rate_limit")
+    if default_rate not in (None, "") and not rate.match(str(default_rate)):
+        problems.append(f"celery_task_default_rate_limit={default_rate!r}: use N/s, N/m or N/h")
+    for task, annotation in (settings.get("celery_task_annotations") or {}).items():
+        limit = (annotation or {}).get("rate_limit")
+        if limit not in (None, "") and not rate.match(str(limit)):
+            problems.append(f"celery_task_annotations[{task!r}].rate_limit={limit!r}: use N/s, N/m or N/h")
+    queues = set(settings.get("celery_task_queues") or [])
+    for index, rule in enumerate(settings.get("celery_task_routes") or []):
+        where = f"celery_task_routes[{index}]"
+        if not isinstance(rule, dict) or not rule.get("queue") or bool(rule.get("glob")) == bool(rule.get("regex")):
+            problems.append(f"{where}: give exactly one of glob or regex, and a queue")
+            continue
+        if rule.get("regex"):
+            try:
+                re.compile(rule["regex"])
+            except re.error as error:
+                problems.append(f"{where}.regex={rule['regex']!r} does not compile: {error}")
+        if queues and rule["queue"] not in queues and not settings.get("celery_task_create_missing_queues", True):
+            problems.append(f"{where}.queue={rule['queue']!r} is not in celery_task_queues")
+    for index, entry in enumerate(settings.get("celery_beat_schedule") or []):
+        where = f"celery_beat_schedule[{entry.get('name', index)!r}]"
+        if not entry.get("name") or not entry.get("task"):
+            problems.append(f"{where}: every entry needs a name and a task")
+        has_interval, has_crontab = entry.get("interval") is not None, entry.get("crontab") is not None
+        if has_interval == has_crontab:
+            problems.append(f"{where}: give exactly one of interval (seconds) or crontab")
+        if has_interval and (isinstance(entry["interval"], bool) or not isinstance(entry["interval"], (int, float))
+                             or entry["interval"] <= 0):
+            problems.append(f"{where}.interval={entry['interval']!r}: a positive number of seconds")
+        for field, value in (entry.get("crontab") or {}).items():
+            if field not in CRONTAB_FIELDS:
+                problems.append(f"{where}.crontab.{field}: unknown field (use {', '.join(CRONTAB_FIELDS)})")
+                continue
+            problem = _crontab_field_problem(field, value)
+            if problem:
+                problems.append(f"{where}.crontab.{field}={value!r} {problem}")
+    return problems
+
+
+def _queue(name, settings):
+    exchange = settings["celery_task_default_exchange"]
+    arguments = {"x-queue-type": settings["celery_task_default_queue_type"]}
+    return (f"Queue({name!r}, Exchange({exchange!r}, type='topic'), routing_key={name!r}, "
+            f"queue_arguments={arguments!r})")
+
+
+def celery_python_config(settings, broker_urls, ssl_options=None, extra=None):
+    """Python source for the configuration module of one host."""
+    lines = ["import re", "import ssl", "", "from kombu import Exchange, Queue", ""]
+
+    def put(name, value):
+        lines.append(f"{name} = {value!r}")
+
+    put("broker_url", ";".join(broker_urls))
+    if ssl_options:
+        lines.append("broker_use_ssl = {")
+        for key, value in sorted(ssl_options.items()):
+            rendered = "ssl.CERT_REQUIRED" if key == "cert_reqs" else repr(value)
+            lines.append(f"    {key!r}: {rendered},")
+        lines.append("}")
+    put("broker_transport_options", {"confirm_publish": bool(settings["celery_broker_confirm_publish"])})
+    put("broker_connection_retry_on_startup", bool(settings["celery_broker_connection_retry_on_startup"]))
+    put("timezone", settings["celery_timezone"])
+    put("enable_utc", bool(settings["celery_enable_utc"]))
+
+    lines.append("")
+    lines.append("# Routing: one topic exchange, each queue bound by its own name, ordered")
+    lines.append("# rules. A topic (not direct) exchange makes Celery publish to it with the")
+    lines.append("# queue's routing key instead of falling back to the anonymous exchange, and")
+    lines.append("# lets countdown/ETA tasks use native delayed delivery with quorum queues.")
+    put("task_default_queue", settings["celery_task_default_queue"])
+    put("task_default_exchange", settings["celery_task_default_exchange"])
+    put("task_default_exchange_type", "topic")
+    put("task_default_routing_key", settings["celery_task_default_queue"])
+    put("task_default_queue_type", settings["celery_task_default_queue_type"])
+    put("task_create_missing_queues", bool(settings["celery_task_create_missing_queues"]))
+    queue_names = list(dict.fromkeys([settings["celery_task_default_queue"]] + list(settings["celery_task_queues"] or [])))
+    lines.append("task_queues = [")
+    lines.extend(f"    {_queue(name, settings)}," for name in queue_names)
+    lines.append("]")
+    lines.append("task_routes = ([")
+    for rule in settings["celery_task_routes"] or []:
+        if rule.get("regex"):
+            lines.append(f"    (re.compile({rule['regex']!r}), {{'queue': {rule['queue']!r}}}),")
+        else:
+            lines.append(f"    ({rule['glob']!r}, {{'queue': {rule['queue']!r}}}),")
+    lines.append("],)")
+
+    lines.append("")
+    lines.append("# Tasks")
+    if settings.get("celery_task_annotations"):
+        put("task_annotations", dict(settings["celery_task_annotations"]))
+    if settings.get("celery_task_compression"):
+        put("task_compression", settings["celery_task_compression"])
+    put("task_track_started", bool(settings["celery_task_track_started"]))
+    for name in ("task_time_limit", "task_soft_time_limit", "task_default_rate_limit"):
+        if settings.get(f"celery_{name}") not in (None, ""):
+            put(name, settings[f"celery_{name}"])
+    put("task_acks_late", bool(settings["celery_task_acks_late"]))
+    put("task_acks_on_failure_or_timeout", bool(settings["celery_task_acks_on_failure_or_timeout"]))
+    put("task_reject_on_worker_lost", bool(settings["celery_task_reject_on_worker_lost"]))
+
+    lines.append("")
+    lines.append("# Results")
+    put("result_backend", settings["celery_result_backend"])
+    put("result_persistent", bool(settings["celery_result_persistent"]))
+    put("result_backend_always_retry", bool(settings["celery_result_backend_always_retry"]))
+    if settings.get("celery_result_backend_max_retries") is not None:
+        put("result_backend_max_retries", settings["celery_result_backend_max_retries"])
+
+    lines.append("")
+    lines.append("# Workers, events and control: exclusive queues (RabbitMQ 4 deprecates")
+    lines.append("# transient non-exclusive ones).")
+    put("worker_prefetch_multiplier", settings["celery_worker_prefetch_multiplier"])
+    put("worker_cancel_long_running_tasks_on_connection_loss",
+        bool(settings["celery_worker_cancel_long_running_tasks_on_connection_loss"]))
+    put("worker_send_task_events", bool(settings["celery_worker_send_task_events"]))
+    put("task_send_sent_event", bool(settings["celery_task_send_sent_event"]))
+    put("control_queue_exclusive", True)
+    put("event_queue_exclusive", True)
+    put("worker_hijack_root_logger", True)
+    for name, value in sorted((extra or {}).items()):
+        put(name, value)
+    return "\n".join(lines) + "\n"
+
+
+def celery_beat_config(schedule):
+    """Python source of the beat schedule (imported by beat only)."""
+    lines = ["from datetime import timedelta", "", "from celery.schedules import crontab", "",
+             "beat_schedule = {"]
+    for entry in schedule or []:
+        if entry.get("interval") is not None:
+            when = f"timedelta(seconds={entry['interval']!r})"
+        else:
+            fields = ", ".join(f"{k}={str(v)!r}" for k, v in sorted(entry["crontab"].items()))
+            when = f"crontab({fields})"
+        lines.append(f"    {entry['name']!r}: {{")
+        lines.append(f"        'task': {entry['task']!r},")
+        lines.append(f"        'schedule': {when},")
+        lines.append(f"        'args': {tuple(entry.get('args') or ())!r},")
+        lines.append(f"        'kwargs': {dict(entry.get('kwargs') or {})!r},")
+        options = dict(entry.get("options") or {})
+        if entry.get("expires") is not None:
+            options["expires"] = entry["expires"]
+        lines.append(f"        'options': {options!r},")
+        lines.append("    },")
+    lines.append("}")
+    return "\n".join(lines) + "\n"
+
+
+class FilterModule:
+    def filters(self):
+        return {
+            "celery_config_problems": celery_config_problems,
+            "celery_python_config": celery_python_config,
+            "celery_beat_config": celery_beat_config,
+        }

@@ -1,0 +1,120 @@
+"""The configuration the celery role generates, loaded into a real Celery app:
+routing, queues and the beat schedule behave as the variables say, and every
+value Celery would reject is refused by name before anything is deployed."""
+import importlib.util
+import pathlib
+import types
+
+import pytest
+import yaml
+from celery import Celery
+from celery.schedules import crontab
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+spec = importlib.util.spec_from_file_location("celery_filters", ROOT / "roles/celery/filter_plugins/celery_config.py")
+filters = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(filters)
+
+
+def settings(**overrides):
+    """The role's defaults, then the cluster's group_vars, then overrides."""
+    values = yaml.safe_load((ROOT / "roles/celery/defaults/main.yml").read_text())
+    cluster = yaml.safe_load((ROOT / "group_vars/all/celery.yml").read_text())
+    main = yaml.safe_load((ROOT / "group_vars/all/main.yml").read_text())
+    cluster["celery_task_default_exchange"] = main["cluster_task_exchange"]
+    cluster["celery_task_queues"] = main["cluster_task_queues"]
+    values.update(cluster)
+    values.update(overrides)
+    return values
+
+
+def load(source):
+    module = types.ModuleType("generated_config")
+    exec(compile(source, "celeryconfig.py", "exec"), module.__dict__)  # noqa: S102 - our own generated file
+    app = Celery("probe", set_as_current=False)
+    app.config_from_object(module)
+    return app, module
+
+
+@pytest.fixture(scope="module")
+def app():
+    source = filters.celery_python_config(settings(), ["amqps://u:p@broker1:5671/celery"],
+                                          {"ca_certs": "/ca.crt", "cert_reqs": "required", "server_hostname": None})
+    return load(source)[0]
+
+
+@pytest.mark.parametrize("task, queue", [
+    ("feed.tasks.fetch", "feeds"),
+    ("web.tasks.render", "web"),
+    ("video.tasks.transcode", "media"),
+    ("image.tasks.thumbnail", "media"),
+    ("audio.tasks.mix", "celery"),   # no rule: the default queue
+    ("videos.tasks.x", "celery"),    # the regex is anchored to whole words
+])
+def test_routes_send_each_family_to_its_queue(app, task, queue):
+    route = app.amqp.router.route({}, task)
+    assert route["queue"].name == queue
+
+
+def test_task_queues_hang_off_one_topic_exchange_named_apart_and_are_quorum(app):
+    for queue in app.amqp.queues.values():
+        assert queue.exchange.name == "celery.tasks" and queue.exchange.type == "topic"
+        assert queue.routing_key == queue.name != queue.exchange.name
+        assert queue.queue_arguments["x-queue-type"] == "quorum"
+
+
+def test_reliability_and_event_settings(app):
+    conf = app.conf
+    assert conf.broker_transport_options == {"confirm_publish": True}
+    assert conf.task_acks_late and conf.task_reject_on_worker_lost
+    assert conf.worker_prefetch_multiplier == 1
+    assert conf.worker_send_task_events and conf.task_send_sent_event
+    assert conf.control_queue_exclusive and conf.event_queue_exclusive
+    assert conf.broker_use_ssl["server_hostname"] is None  # kombu checks each broker's own name
+    assert conf.timezone == "Europe/London"
+
+
+def test_beat_schedule_builds_intervals_and_crontabs():
+    source = filters.celery_beat_config(settings()["celery_beat_schedule"])
+    namespace = {}
+    exec(compile(source, "beatconfig.py", "exec"), namespace)  # noqa: S102
+    schedule = namespace["beat_schedule"]
+    assert schedule["heartbeat-every-10s"]["schedule"].total_seconds() == 10
+    assert schedule["heartbeat-every-10s"]["options"] == {"expires": 9}
+    assert isinstance(schedule["heartbeat-every-minute"]["schedule"], crontab)
+    assert schedule["heartbeat-every-minute"]["options"]["queue"] == "web"
+
+
+def test_passwords_with_quotes_stay_valid_python():
+    source = filters.celery_python_config(settings(), ["amqps://u:p'\"\\@b:5671/v"], {})
+    assert load(source)[1].broker_url == "amqps://u:p'\"\\@b:5671/v"
+
+
+def test_the_cluster_settings_have_no_problems():
+    assert filters.celery_config_problems(settings()) == []
+
+
+@pytest.mark.parametrize("override, names", [
+    ({"celery_task_compression": "snappy"}, "celery_task_compression"),
+    ({"celery_task_time_limit": -5}, "celery_task_time_limit"),
+    ({"celery_task_soft_time_limit": 0}, "celery_task_soft_time_limit"),
+    ({"celery_task_soft_time_limit": 10, "celery_task_time_limit": 5}, "celery_task_soft_time_limit"),
+    ({"celery_task_routes": [{"regex": "(video|image\\.tasks", "queue": "media"}]}, "celery_task_routes[0].regex"),
+    ({"celery_task_routes": [{"glob": "a.*", "regex": "b", "queue": "q"}]}, "celery_task_routes[0]"),
+    ({"celery_beat_schedule": [{"name": "x", "task": "t", "crontab": {"minute": "61"}}]}, "celery_beat_schedule['x'].crontab.minute"),
+    ({"celery_beat_schedule": [{"name": "x", "task": "t", "crontab": {"hour": "1-24"}}]}, "crontab.hour"),
+    ({"celery_beat_schedule": [{"name": "x", "task": "t", "crontab": {"day_of_week": "funday"}}]}, "crontab.day_of_week"),
+    ({"celery_beat_schedule": [{"name": "x", "task": "t", "interval": 5, "crontab": {"minute": "1"}}]}, "celery_beat_schedule['x']"),
+    ({"celery_task_annotations": {"*": {"rate_limit": "fast"}}}, "celery_task_annotations['*'].rate_limit"),
+    ({"celery_worker_prefetch_multiplier": -1}, "celery_worker_prefetch_multiplier"),
+])
+def test_values_celery_would_reject_are_named(override, names):
+    problems = filters.celery_config_problems(settings(**override))
+    assert len(problems) == 1 and names in problems[0], problems
+
+
+@pytest.mark.parametrize("field, value", [("minute", "*/15"), ("hour", "0-23"), ("day_of_week", "mon-fri"),
+                                          ("day_of_month", "1,15"), ("month_of_year", "*/3")])
+def test_valid_crontab_fields_pass_and_celery_agrees(field, value):
+    assert filters._crontab_field_problem(field, value) is None
+    crontab(**{field: value})  # Celery accepts it too
