@@ -117,9 +117,32 @@ def amqp_session(source, user, actions, target, *, secret=None, vhost=VHOST, por
     return json.loads(out.splitlines()[-1])
 
 
-def run_playbook(playbook, *extra):
+def run_playbook(playbook, *extra, inventory=None):
     """Run one of the repository's playbooks against the scenario's hosts."""
-    cmd = ["ansible-playbook", "-i", INVENTORY,
+    cmd = ["ansible-playbook", "-i", inventory or INVENTORY,
            f"--extra-vars=@{os.environ['CLUSTER_SECRETS']}", os.path.join(PROJECT, playbook), *extra]
     env = dict(os.environ, ANSIBLE_CONFIG=os.path.join(PROJECT, "ansible.cfg"), ANSIBLE_FORCE_COLOR="0")
     return subprocess.run(cmd, capture_output=True, text=True, env=env, check=False, timeout=600)
+
+
+CELERY_ENV = "env PYTHONPATH=/etc/celery CELERY_CONFIG_MODULE=celeryconfig"
+
+
+def celery_python(source_host, code, timeout=120):
+    """Run Python with the host's Celery app (as the celery user); returns the
+    last stdout line parsed as JSON."""
+    out = host(source_host).check_output(
+        "timeout %s runuser -u celery -- " + CELERY_ENV + " /opt/celery/venv/bin/python -c %s", str(timeout), code)
+    return json.loads(out.splitlines()[-1])
+
+
+def celery_cli(source_host, *args):
+    """The celery command line of the host's app, as the celery user."""
+    return host(source_host).run(
+        "runuser -u celery -- " + CELERY_ENV + " /opt/celery/venv/bin/celery --app celery_example " + " ".join(["%s"] * len(args)),
+        *args)
+
+
+def inventory_vars(hostname):
+    """Variables of one host as the inventory defines them (host_vars included)."""
+    return _runner().get_variables(hostname)

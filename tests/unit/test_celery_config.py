@@ -71,7 +71,7 @@ def test_reliability_and_event_settings(app):
     assert conf.worker_send_task_events and conf.task_send_sent_event
     assert conf.control_queue_exclusive and conf.event_queue_exclusive
     assert conf.broker_use_ssl["server_hostname"] is None  # kombu checks each broker's own name
-    assert conf.timezone == "Europe/London"
+    assert conf.timezone == "Asia/Tehran"
 
 
 def test_beat_schedule_builds_intervals_and_crontabs():
