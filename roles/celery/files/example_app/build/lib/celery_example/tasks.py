@@ -69,9 +69,12 @@ def spin(self, seconds):
     return _where(self, spun=seconds)
 
 
-@app.task(name="web.tasks.heartbeat", bind=True)
+@app.task(name="web.tasks.heartbeat", bind=True, ignore_result=True)
 def heartbeat(self, entry):
-    """The periodic task: one log line per firing, in UTC and in the app's zone."""
+    """The periodic task: one log line per firing, in UTC and in the app's zone.
+
+    Its result is ignored: beat never reads results, so with rpc:// they would
+    pile up in beat's reply queue."""
     now = datetime.now(timezone.utc)
     logger.warning("heartbeat entry=%s utc=%s zone=%s local=%s", entry, now.isoformat(timespec="seconds"),
                    app.conf.timezone, app.now().isoformat(timespec="seconds"))
