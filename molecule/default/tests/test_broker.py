@@ -14,15 +14,23 @@ EXCHANGE = "celery.tasks"
 
 
 def test_client_publishes_and_worker_consumes_over_tls_with_their_own_users():
-    marker = uuid.uuid4().hex
-    # Celery's topology: task queues bound to one direct exchange by name.
+    # A queue of the test's own (a reply-queue name, which clients may declare
+    # and bind) so that no Celery pool consumes the raw messages; declared
+    # without a type, it must come out a quorum queue.
+    queue, marker = str(uuid.uuid4()), uuid.uuid4().hex
     published = amqp_session(CLIENT, "celery_client", [
-        ["exchange", EXCHANGE], ["declare", "feeds"], ["bind", "feeds", EXCHANGE, "feeds"],
-        ["publish", "feeds", 5, marker, EXCHANGE]], BROKER)
+        ["exchange", EXCHANGE], ["declare", queue], ["bind", queue, EXCHANGE, queue],
+        ["publish", queue, 5, marker, EXCHANGE]], BROKER)
     assert published["ok"], published
-    consumed = amqp_session(WORKER, "celery_worker", [["get", "feeds", 100]], BROKER)
-    assert consumed["ok"], consumed
-    assert [f"{marker}-{i}" for i in range(5)] == [b for b in consumed["result"][0] if b.startswith(marker)]
+    try:
+        types = dict(line.split("\t") for line in host(BROKER).check_output(
+            "rabbitmqctl --quiet list_queues -p celery name type --no-table-headers").splitlines())
+        assert types[queue] == "quorum", types
+        consumed = amqp_session(WORKER, "celery_worker", [["get", queue, 100]], BROKER)
+        assert consumed["ok"], consumed
+        assert consumed["result"][0] == [f"{marker}-{i}" for i in range(5)]
+    finally:
+        amqp_session(WORKER, "celery_worker", [["delete", queue]], BROKER)
 
 
 def test_guest_cannot_log_in():
@@ -52,12 +60,6 @@ def test_worker_cannot_open_another_vhost():
 def test_monitoring_user_cannot_read_task_queues():
     denied = amqp_session(group("flower")[0], "celery_monitor", [["get", "web", 1]], BROKER)
     assert not denied["ok"] and "access" in denied["error"].lower(), denied
-
-
-def test_queues_declared_without_a_type_are_quorum_queues():
-    types = dict(line.split("\t") for line in host(BROKER).check_output(
-        "rabbitmqctl --quiet list_queues -p celery name type --no-table-headers").splitlines())
-    assert types["feeds"] == "quorum", types
 
 
 def test_erlang_cookie_is_readable_by_rabbitmq_only():

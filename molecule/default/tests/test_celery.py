@@ -7,6 +7,7 @@ from clusterlib import CELERY_ENV, celery_cli, celery_python, group, host, inven
 
 CLIENT = group("celery_clients")[0]
 MONITOR = group("flower")[0]    # inspect and control belong to the monitoring user
+WORKERS_OF_FEEDS = group("celery_workers")[0]
 FAMILIES = {"feed.tasks.fetch": "feeds", "web.tasks.render": "web",
             "video.tasks.transcode": "media", "image.tasks.thumbnail": "media"}
 
@@ -85,27 +86,36 @@ def test_rate_limit_holds():
 def test_changing_a_setting_restarts_workers_without_losing_a_task_in_flight():
     # rpc:// returns results to the process that sent the tasks, so one client
     # process sends them and waits, in the background, across the restart.
-    report = "/var/lib/celery/restart-test.json"
+    report, log = "/var/lib/celery/restart-test.json", "/var/lib/celery/restart-test.log"
     waiter = f"""
 import json
 from celery_example.app import app
 results = [app.send_task("feed.tasks.sleep", args=[2]) for _ in range(12)]
-slept = [r.get(timeout=240)["slept"] for r in results]
+print("sent", [r.id for r in results], flush=True)
+slept = []
+for r in results:
+    slept.append(r.get(timeout=400)["slept"])
+    print("done", r.id, flush=True)
 open("{report}", "w").write(json.dumps(slept))
 """
     client = host(CLIENT)
-    client.run("rm -f %s", report)
+    client.run("rm -f %s %s", report, log)
     client.check_output("runuser -u celery -- " + CELERY_ENV
-                        + " nohup /opt/celery/venv/bin/python -c %s > /dev/null 2>&1 &", waiter)
-    time.sleep(3)   # the first tasks are running when the change lands
+                        + " setsid nohup /opt/celery/venv/bin/python -c %s > %s 2>&1 < /dev/null &", waiter, log)
+    deadline = time.monotonic() + 60
+    while "sent" not in client.run("cat %s", log).stdout and time.monotonic() < deadline:
+        time.sleep(1)   # the tasks are queued and running when the change lands
     # A real configuration change, applied by the real playbook: the pools restart (warm).
     changed = run_playbook("playbooks/celery.yml", "--limit", "celery_workers",
                            "--extra-vars", json.dumps({"celery_worker_log_level": "warning"}))
     assert changed.returncode == 0, changed.stdout[-3000:]
     assert "RUNNING HANDLER [celery_worker : Restart celery workers]" in changed.stdout
-    deadline = time.monotonic() + 240
+    deadline = time.monotonic() + 420
     while not client.file(report).exists and time.monotonic() < deadline:
         time.sleep(3)
+    progress = client.run("cat %s", log).stdout
+    feeds = host(WORKERS_OF_FEEDS).run("journalctl --no-pager --unit celery-worker@feeds.service --since=-10min | tail -n 40").stdout
+    assert client.file(report).exists, f"client:\n{progress}\nfeeds pool:\n{feeds}"
     assert json.loads(client.file(report).content_string) == [2] * 12
     restored = run_playbook("playbooks/celery.yml", "--limit", "celery_workers")
     assert restored.returncode == 0, restored.stdout[-3000:]
