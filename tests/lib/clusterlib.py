@@ -117,10 +117,10 @@ def amqp_session(source, user, actions, target, *, secret=None, vhost=VHOST, por
     return json.loads(out.splitlines()[-1])
 
 
-def run_playbook(playbook, *extra, inventory=None):
+def run_playbook(playbook, *extra, inventory=None, secrets_file=None):
     """Run one of the repository's playbooks against the scenario's hosts."""
     cmd = ["ansible-playbook", "-i", inventory or INVENTORY,
-           f"--extra-vars=@{os.environ['CLUSTER_SECRETS']}", os.path.join(PROJECT, playbook), *extra]
+           f"--extra-vars=@{secrets_file or os.environ['CLUSTER_SECRETS']}", os.path.join(PROJECT, playbook), *extra]
     env = dict(os.environ, ANSIBLE_CONFIG=os.path.join(PROJECT, "ansible.cfg"), ANSIBLE_FORCE_COLOR="0")
     return subprocess.run(cmd, capture_output=True, text=True, env=env, check=False, timeout=600)
 

@@ -1,6 +1,8 @@
 """Bad input is refused in the preflight play, before any host changes."""
+import json
 import os
 import re
+import tempfile
 
 import pytest
 import yaml
@@ -49,3 +51,57 @@ def test_beat_group_size_is_refused_before_any_change(edit, message):
     assert message in " ".join(result.stdout.split()), result.stdout[-2000:]
     assert not re.search(r"changed=[1-9]", result.stdout), result.stdout[-2000:]
     assert fingerprint() == before
+
+
+# Each bad input, the words the refusal must contain (the variable, and the
+# entry where it applies). Run through the preflight play, which site.yml runs
+# first: a refusal there stops the run before any host changes.
+BAD_INPUT = [
+    ("guest-user", {"rabbitmq_users": [{"name": "guest", "password": "guest-guest-guest"}]},
+     ["rabbitmq_users entry guest", "guest user may not be configured"]),
+    ("placeholder-password", {"vault_rabbitmq_worker_password": "CHANGE_ME_please"},
+     ["celery_worker", "CHANGE_ME placeholder"]),
+    ("cidr-not-a-network", {"rabbitmq_amqp_allow_cidrs": ["10.0.0.300/24"]},
+     ["rabbitmq-amqp", "10.0.0.300/24"]),
+    ("unknown-group", {"rabbitmq_amqp_allow_groups": ["celery", "wokrers"]},
+     ["rabbitmq-amqp", "wokrers", "not an inventory group"]),
+    ("pool-on-unrouted-queue", {"celery_worker_pools": [{"name": "stray", "queues": ["nowhere"]}]},
+     ["celery_worker_pools consume nowhere"]),
+    ("regex-does-not-compile", {"celery_task_routes": [{"regex": "(video|image\\.tasks", "queue": "media"}]},
+     ["celery_task_routes[0].regex", "does not compile"]),
+    ("crontab-out-of-range", {"celery_beat_schedule": [{"name": "bad", "task": "web.tasks.heartbeat",
+                                                         "crontab": {"minute": "61"}}]},
+     ["celery_beat_schedule['bad'].crontab.minute", "outside 0-59"]),
+    ("negative-time-limit", {"celery_task_time_limit": -5}, ["celery_task_time_limit=-5"]),
+    ("unknown-compression", {"celery_task_compression": "snappy"}, ["celery_task_compression='snappy'"]),
+]
+
+
+@pytest.fixture(scope="module")
+def untouched():
+    before = fingerprint()
+    yield
+    assert fingerprint() == before, "a refused run changed a host"
+
+
+@pytest.mark.parametrize("case, overrides, words", BAD_INPUT, ids=[c[0] for c in BAD_INPUT])
+def test_bad_input_is_refused_in_preflight_naming_it(untouched, case, overrides, words):
+    result = run_playbook("playbooks/preflight.yml", "--extra-vars", json.dumps(overrides))
+    text = " ".join(result.stdout.split())
+    assert result.returncode != 0, text[-1500:]
+    for word in words:
+        assert word in text, f"{case}: {word!r} not in {text[-1500:]}"
+
+
+def test_an_undefined_vault_secret_is_refused_naming_it(untouched):
+    with open(os.environ["CLUSTER_SECRETS"], encoding="utf-8") as handle:
+        secrets = yaml.safe_load(handle)
+    del secrets["vault_rabbitmq_client_password"]
+    with tempfile.NamedTemporaryFile("w", suffix=".yml", delete=False) as handle:
+        yaml.safe_dump(secrets, handle)
+    try:
+        result = run_playbook("playbooks/preflight.yml", secrets_file=handle.name)
+    finally:
+        os.remove(handle.name)
+    assert result.returncode != 0
+    assert "vault_rabbitmq_client_password" in result.stdout, result.stdout[-1500:]
