@@ -95,3 +95,19 @@ def test_queue_runbook_prints_names_and_counts():
         assert row.split()[-4:] == ["quorum", "3", "3", "0"], row
     finally:
         amqp_session(WORKER, "celery_worker", [["delete", queue]], BROKER)
+
+
+# RabbitMQ 4 deprecations the cluster is known to use, and why:
+# - transient_nonexcl_queues: Celery's rpc:// reply queues. Celery declares a
+#   reply queue on the publishing connection and consumes it on another, so it
+#   cannot be exclusive (tried: RESOURCE_LOCKED). Control and event queues are
+#   exclusive (control_queue_exclusive, event_queue_exclusive).
+# - management_metrics_collection: the management plugin's own statistics,
+#   which the management UI and Flower's broker view read.
+KNOWN_DEPRECATIONS = {"transient_nonexcl_queues", "management_metrics_collection"}
+
+
+def test_broker_log_shows_no_other_deprecated_feature_in_use():
+    log = host(BROKER).run("cat /var/log/rabbitmq/rabbit@*.log").stdout
+    used = set(re.findall(r"Deprecated features: `(\w+)`", log))
+    assert used <= KNOWN_DEPRECATIONS, used - KNOWN_DEPRECATIONS
