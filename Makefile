@@ -9,7 +9,7 @@ LAB_INVENTORY := inventory/lab
 SECRETS := $(CURDIR)/.lab/secrets.yml
 PLAY := ansible-playbook -i $(LAB_INVENTORY) -e @$(SECRETS)
 RELEASES ?= trixie
-SCENARIOS ?= default broker_cluster
+SCENARIOS ?= default broker_cluster logging
 
 .PHONY: lab test bootstrap image secrets lab-up converge summary lab-destroy lint unit molecule
 

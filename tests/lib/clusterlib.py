@@ -4,6 +4,7 @@ import functools
 import json
 import os
 import subprocess
+import time
 
 import testinfra
 import testinfra.utils.ansible_runner
@@ -146,3 +147,23 @@ def celery_cli(source_host, *args):
 def inventory_vars(hostname):
     """Variables of one host as the inventory defines them (host_vars included)."""
     return _runner().get_variables(hostname)
+
+
+REMOTE_LOG_DIR = "/var/log/remote"
+
+
+def remote_log(source, program, server=None):
+    """Content of <source>/<program>.log on the log server ("" while absent)."""
+    result = host(server or group("logserver")[0]).run("cat %s", f"{REMOTE_LOG_DIR}/{source}/{program}.log")
+    return result.stdout if result.rc == 0 else ""
+
+
+def wait_for_remote_log(source, program, needle, deadline=90):
+    """Poll the log server until `needle` is in <source>/<program>.log or the
+    deadline passes; returns the file's content."""
+    end = time.monotonic() + deadline
+    while True:
+        text = remote_log(source, program)
+        if needle in text or time.monotonic() > end:
+            return text
+        time.sleep(2)

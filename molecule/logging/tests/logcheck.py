@@ -6,11 +6,11 @@ import re
 import time
 import uuid
 
-from clusterlib import group, host
+from clusterlib import REMOTE_LOG_DIR as REMOTE_DIR
+from clusterlib import group, host, remote_log, wait_for_remote_log
 
 SERVER = group("logserver")[0]
 WORKER = group("celery_workers")[0]
-REMOTE_DIR = "/var/log/remote"
 PORT = 6514
 PKI = "/etc/celery-cluster/pki"
 
@@ -26,8 +26,7 @@ def remote_file(source, program):
 
 def remote_text(source, program):
     """Content of <source>/<program>.log on the log server ("" while absent)."""
-    result = host(SERVER).run("cat %s", remote_file(source, program))
-    return result.stdout if result.rc == 0 else ""
+    return remote_log(source, program, SERVER)
 
 
 def log_numbered(source, tag, first, last):
@@ -54,12 +53,7 @@ def wait_for_numbers(source, tag, expected, deadline=120):
 
 
 def wait_for_text(source, program, needle, deadline=90):
-    end = time.monotonic() + deadline
-    while True:
-        text = remote_text(source, program)
-        if needle in text or time.monotonic() > end:
-            return text
-        time.sleep(2)
+    return wait_for_remote_log(source, program, needle, deadline)
 
 
 def first_occurrences(got):

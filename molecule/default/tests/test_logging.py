@@ -1,0 +1,42 @@
+"""Central logging across the whole cluster (site.yml deploys it): every
+managed host's log reaches the log server, one file per host and program.
+Outages, ordering and certificate checks are the `logging` scenario's."""
+import uuid
+
+import pytest
+from clusterlib import amqp_session, group, host, inventory_vars, remote_log, wait_for_remote_log
+
+MANAGED = sorted(set(group("rabbitmq") + group("logserver") + group("celery")))
+
+
+@pytest.mark.parametrize("source", MANAGED)
+def test_every_managed_host_forwards_its_log(source):
+    tag = f"central-{uuid.uuid4().hex[:8]}"
+    host(source).check_output("logger -t %s %s", tag, f"hello from {source}")
+    text = wait_for_remote_log(source, tag, f"hello from {source}")
+    assert f"hello from {source}" in text, f"{source}'s line did not reach {group('logserver')[0]}"
+
+
+def test_broker_lines_arrive_in_rabbitmq_log():
+    broker = group("rabbitmq")[0]
+    worker = group("celery_workers")[0]
+    # An AMQP session makes RabbitMQ log the connection and its user.
+    result = amqp_session(worker, "celery_worker", [], broker)
+    assert result["ok"], result
+    assert "celery_worker" in wait_for_remote_log(broker, "rabbitmq", "celery_worker")
+
+
+def test_every_worker_pool_and_beat_have_their_own_file():
+    expected = [(worker, f"celery-worker-{pool['name']}")
+                for worker in group("celery_workers")
+                for pool in inventory_vars(worker).get("celery_worker_pools", [])]
+    expected.append((group("celery_beat")[0], "celery-beat"))
+    assert len(expected) >= 4
+    missing = [f"{source}/{program}.log" for source, program in expected if not remote_log(source, program)]
+    assert not missing, f"no lines on the log server in {missing}"
+
+
+def test_received_logs_are_readable_by_root_and_the_log_group_only():
+    server = host(group("logserver")[0])
+    assert server.file("/var/log/remote").mode == 0o750
+    assert server.check_output("find /var/log/remote -perm /0027 -print") == ""
