@@ -12,7 +12,8 @@ import yaml
 
 INVENTORY = os.environ.get("MOLECULE_INVENTORY_FILE", "")
 PROJECT = os.environ.get("MOLECULE_PROJECT_DIRECTORY", os.path.join(os.path.dirname(__file__), "..", ".."))
-CA = "/etc/celery-cluster/pki/ca.crt"
+PKI = "/etc/celery-cluster/pki"
+CA = f"{PKI}/ca.crt"
 VHOST = "celery"
 
 
@@ -70,8 +71,18 @@ _AMQP = r"""
 import json, sys
 import amqp
 spec = json.loads(sys.argv[1])
-# py-amqp builds the context itself from "context" (a bare SSLContext is ignored).
+# py-amqp builds the context itself from "context" (a bare SSLContext is
+# ignored) and has no client certificate option there: load it into the
+# context py-amqp creates.
 tls = {"context": {"cafile": spec["ca"], "check_hostname": True}, "server_hostname": spec["host"]}
+if spec.get("cert"):
+    import ssl
+    _default_context = ssl.create_default_context
+    def _with_client_certificate(*args, **kwargs):
+        context = _default_context(*args, **kwargs)
+        context.load_cert_chain(spec["cert"], spec["key"])
+        return context
+    ssl.create_default_context = _with_client_certificate
 result = []
 try:
     with amqp.Connection(host="%s:%d" % (spec["host"], spec["port"]), userid=spec["user"],
@@ -110,10 +121,16 @@ except Exception as error:
 """
 
 
-def amqp_session(source, user, actions, target, *, secret=None, vhost=VHOST, port=5671, tls=True):
-    """Run AMQP actions from host `source` as `user`; returns the parsed JSON line."""
+def amqp_session(source, user, actions, target, *, secret=None, vhost=VHOST, port=5671, tls=True, certificate=True):
+    """Run AMQP actions from host `source` as `user`; returns the parsed JSON line.
+    With `certificate`, the session presents the host's own certificate
+    (mutual TLS), or the (cert, key) paths given instead."""
+    if certificate is True:
+        certificate = (f"{PKI}/celery.crt", f"{PKI}/celery.key")
     spec = {"host": target, "port": port, "user": user, "password": secret or password(user),
             "vhost": vhost, "tls": tls, "ca": CA, "actions": actions}
+    if certificate:
+        spec["cert"], spec["key"] = certificate
     out = host(source).check_output("python3 -c %s %s", _AMQP, json.dumps(spec))
     return json.loads(out.splitlines()[-1])
 

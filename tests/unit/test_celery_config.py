@@ -3,6 +3,7 @@ routing, queues and the beat schedule behave as the variables say, and every
 value Celery would reject is refused by name before anything is deployed."""
 import importlib.util
 import pathlib
+import re
 import types
 
 import pytest
@@ -25,6 +26,13 @@ def settings(**overrides):
     cluster["celery_task_queues"] = main["cluster_task_queues"]
     values.update(cluster)
     values.update(overrides)
+    # Resolve the defaults' plain "{{ name }}" references, as Ansible would.
+    for _ in range(3):
+        for key, value in values.items():
+            if isinstance(value, str):
+                values[key] = re.sub(r"\{\{ (\w+) \}\}",
+                                     lambda m: str(values[m.group(1)]) if isinstance(values.get(m.group(1)), (str, int)) else m.group(0),
+                                     value)
     return values
 
 
@@ -107,6 +115,13 @@ def test_the_cluster_settings_have_no_problems():
     ({"celery_beat_schedule": [{"name": "x", "task": "t", "interval": 5, "crontab": {"minute": "1"}}]}, "celery_beat_schedule['x']"),
     ({"celery_task_annotations": {"*": {"rate_limit": "fast"}}}, "celery_task_annotations['*'].rate_limit"),
     ({"celery_worker_prefetch_multiplier": -1}, "celery_worker_prefetch_multiplier"),
+    ({"celery_accept_content": ["auth", "json"]}, "celery_accept_content"),
+    ({"celery_task_serializer": "json"}, "celery_task_serializer"),
+    ({"celery_security_digest": "md5"}, "celery_security_digest"),
+    ({"celery_result_serializer": "json"}, "celery_result_serializer"),
+    ({"celery_task_serializer": "json", "celery_accept_content": ["json", "pickle"],
+      "celery_result_serializer": "json"}, "pickle"),
+    ({"celery_security_cert_store": "signers/*.pem"}, "celery_security_cert_store"),
 ])
 def test_values_celery_would_reject_are_named(override, names):
     problems = filters.celery_config_problems(settings(**override))
@@ -118,3 +133,31 @@ def test_values_celery_would_reject_are_named(override, names):
 def test_valid_crontab_fields_pass_and_celery_agrees(field, value):
     assert filters._crontab_field_problem(field, value) is None
     crontab(**{field: value})  # Celery accepts it too
+
+
+def test_signing_settings_are_rendered_for_setup_security(app):
+    assert app.conf.task_serializer == "auth" and app.conf.accept_content == ["auth"]
+    assert app.conf.event_serializer == "auth" and app.conf.result_serializer == "auth"
+    assert app.conf.security_key == "/etc/celery-cluster/pki/celery.key"
+    assert app.conf.security_cert_store == "/etc/celery/signers/*.pem"
+    assert app.conf.security_digest == "sha256"
+
+
+def test_signing_off_renders_no_security_settings():
+    off = settings(celery_task_serializer="json", celery_accept_content=["json"], celery_event_serializer="json",
+                   celery_result_serializer="json")
+    assert filters.celery_config_problems(off) == []
+    source = filters.celery_python_config(off, ["amqps://u:p@broker1:5671/celery"], {})
+    assert "security_key" not in source
+
+
+def test_signer_store_names_each_certificate_once_per_content():
+    import base64
+    pem = "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n"
+    encoded = base64.b64encode(pem.encode()).decode()
+    hostvars = {"w1": {"__celery_signer_pems": {"results": [{"content": encoded}, {"content": encoded}]}},
+                "b1": {}}
+    store = filters.celery_signer_store(["w1", "b1"], hostvars)
+    assert len(store) == 1
+    (name, content), = store.items()
+    assert re.fullmatch(r"w1@[0-9a-f]{16}\.pem", name) and content == pem

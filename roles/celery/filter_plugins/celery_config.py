@@ -5,6 +5,8 @@ are emitted with repr(), so no quoting mistake can produce invalid Python,
 and the same rules that Celery applies are checked here first, so that the
 preflight play can refuse bad input before anything changes.
 """
+import base64
+import hashlib
 import re
 
 COMPRESSIONS = ("gzip", "bzip2", "zlib", "lzma", "zstd", "brotli")
@@ -15,6 +17,8 @@ CRONTAB_FIELDS = {  # field: (lowest, highest)
     "day_of_month": (1, 31),
     "month_of_year": (1, 12),
 }
+SERIALIZERS = ("auth", "json", "msgpack", "yaml", "pickle")
+DIGESTS = ("sha256", "sha384", "sha512", "sha224", "sha3_256", "sha3_384", "sha3_512")
 DAY_NAMES = {"sun": 0, "mon": 1, "tue": 2, "wed": 3, "thu": 4, "fri": 5, "sat": 6}
 
 
@@ -47,9 +51,53 @@ def _crontab_field_problem(field, value):
     return None
 
 
+def _serializer_problems(settings):
+    """Serializer and signing settings Celery (setup_security) would refuse."""
+    problems = []
+    task = settings.get("celery_task_serializer", "auth")
+    accept = settings.get("celery_accept_content", ["auth"])
+    result_accept = settings.get("celery_result_accept_content")
+    for name in ("celery_task_serializer", "celery_event_serializer", "celery_result_serializer"):
+        value = settings.get(name, "auth")
+        if value not in SERIALIZERS:
+            problems.append(f"{name}={value!r}: use one of {', '.join(SERIALIZERS)}")
+    for name, value in (("celery_accept_content", accept), ("celery_result_accept_content", result_accept)):
+        if value is None and name == "celery_result_accept_content":
+            continue
+        if not isinstance(value, list) or not value or any(item not in SERIALIZERS for item in value):
+            problems.append(f"{name}={value!r}: a non-empty list of {', '.join(SERIALIZERS)}")
+    if "pickle" in (accept or []) + (result_accept or []):
+        problems.append("pickle in celery_accept_content/celery_result_accept_content: "
+                        "a message could run code while being decoded; use auth or json")
+    if task == "auth" and accept != ["auth"]:
+        problems.append(f"celery_accept_content={accept!r}: with celery_task_serializer='auth' it must be ['auth'] "
+                        "(setup_security refuses anything else: unsigned tasks would be accepted)")
+    if "auth" in (accept or []) and task != "auth":
+        problems.append(f"celery_task_serializer={task!r}: workers accept only signed tasks "
+                        "(celery_accept_content has 'auth'), so tasks must be sent with 'auth'")
+    readers = result_accept if result_accept is not None else accept
+    result = settings.get("celery_result_serializer", "auth")
+    if isinstance(readers, list) and result not in readers:
+        problems.append(f"celery_result_serializer={result!r} is not in "
+                        f"{'celery_result_accept_content' if result_accept is not None else 'celery_accept_content'}"
+                        f"={readers!r}: nobody could read the results")
+    if task == "auth" and settings.get("celery_event_serializer", "auth") not in ("auth", "json"):
+        problems.append("celery_event_serializer: auth or json (event receivers accept only those)")
+    if task == "auth" or "auth" in (readers or []):
+        digest = settings.get("celery_security_digest", "sha256")
+        if digest not in DIGESTS:
+            problems.append(f"celery_security_digest={digest!r}: use one of {', '.join(DIGESTS)}")
+        for name in ("celery_security_key", "celery_security_certificate", "celery_security_cert_store"):
+            value = settings.get(name)
+            if not isinstance(value, str) or not value.startswith("/"):
+                problems.append(f"{name}={value!r}: an absolute path is required for message signing")
+    return problems
+
+
 def celery_config_problems(settings):
     """Every reason Celery would reject these settings, naming the variable."""
     problems = []
+    problems.extend(_serializer_problems(settings))
     compression = settings.get("celery_task_compression")
     if compression not in (None, "") and compression not in COMPRESSIONS:
         problems.append(f"celery_task_compression={compression!r}: use one of {', '.join(COMPRESSIONS)} or null")
@@ -132,6 +180,20 @@ def celery_python_config(settings, broker_urls, ssl_options=None, extra=None):
     put("broker_connection_retry_on_startup", bool(settings["celery_broker_connection_retry_on_startup"]))
     put("timezone", settings["celery_timezone"])
     put("enable_utc", bool(settings["celery_enable_utc"]))
+
+    lines.append("")
+    lines.append("# Serializers and message signing (the app calls app.setup_security()).")
+    put("task_serializer", settings["celery_task_serializer"])
+    put("accept_content", list(settings["celery_accept_content"]))
+    put("event_serializer", settings["celery_event_serializer"])
+    put("result_serializer", settings["celery_result_serializer"])
+    if settings.get("celery_result_accept_content") is not None:
+        put("result_accept_content", list(settings["celery_result_accept_content"]))
+    if settings["celery_task_serializer"] == "auth":
+        put("security_key", settings["celery_security_key"])
+        put("security_certificate", settings["celery_security_certificate"])
+        put("security_cert_store", settings["celery_security_cert_store"])
+        put("security_digest", settings["celery_security_digest"])
 
     lines.append("")
     lines.append("# Routing: one topic exchange, each queue bound by its own name, ordered")
@@ -218,10 +280,24 @@ def celery_beat_config(schedule):
     return "\n".join(lines) + "\n"
 
 
+def celery_signer_store(hosts, hostvars):
+    """File name to PEM of every signer certificate the hosts read
+    (their registered __celery_signer_pems), one file per certificate:
+    <host>@<first 16 hex digits of the PEM's SHA-1>.pem."""
+    store = {}
+    for signer in hosts:
+        found = hostvars[signer].get("__celery_signer_pems") or {}
+        for result in found.get("results", []):
+            pem = base64.b64decode(result["content"]).decode("ascii").strip() + "\n"
+            store[f"{signer}@{hashlib.sha1(pem.strip().encode()).hexdigest()[:16]}.pem"] = pem
+    return store
+
+
 class FilterModule:
     def filters(self):
         return {
             "celery_config_problems": celery_config_problems,
             "celery_python_config": celery_python_config,
             "celery_beat_config": celery_beat_config,
+            "celery_signer_store": celery_signer_store,
         }

@@ -6,3 +6,11 @@ from celery import Celery
 
 app = Celery("celery_example", include=["celery_example.tasks"])
 app.config_from_object(os.environ.get("CELERY_CONFIG_MODULE", "celeryconfig"))
+
+# Message signing: with task_serializer 'auth' the bundle's configuration
+# names this host's key and certificate and the store of every signer.
+# setup_security() registers the auth serializer, checks that only 'auth' is
+# accepted, and disables every other decoder except those results use.
+if app.conf.task_serializer == "auth":
+    app.setup_security(allowed_serializers=[
+        name for name in (app.conf.result_accept_content or []) if name != "auth"])

@@ -4,6 +4,7 @@ tasks that exercise time limits, and the periodic heartbeat.
 Every task reports where it ran, so tests can assert routing from the
 worker's own account of it."""
 import logging
+import os
 import socket
 import time
 from datetime import datetime, timezone
@@ -79,3 +80,18 @@ def heartbeat(self, entry):
     logger.warning("heartbeat entry=%s utc=%s zone=%s local=%s", entry, now.isoformat(timespec="seconds"),
                    app.conf.timezone, app.now().isoformat(timespec="seconds"))
     return _where(self, entry=entry)
+
+
+MARKS = "/var/lib/celery/marks"
+
+
+@app.task(name="web.tasks.mark", bind=True)
+def mark(self, token):
+    """Leaves a file named after `token`: the side effect tests look for to
+    tell whether a message was executed."""
+    if not token.isalnum():
+        raise ValueError("token must be alphanumeric")
+    os.makedirs(MARKS, exist_ok=True)
+    with open(os.path.join(MARKS, token), "w", encoding="ascii") as handle:
+        handle.write(socket.gethostname())
+    return _where(self, token=token)
