@@ -3,6 +3,7 @@ connection attempts and AMQP sessions run *on* the cluster's hosts."""
 import functools
 import json
 import os
+import re
 import subprocess
 import time
 
@@ -184,3 +185,13 @@ def wait_for_remote_log(source, program, needle, deadline=90):
         if needle in text or time.monotonic() > end:
             return text
         time.sleep(2)
+
+
+_BEAT_SENT = re.compile(r"^(\d+\.\d+) .*Scheduler: Sending due task (\S+) ")
+
+
+def beat_sent(beat_host, since_seconds):
+    """(unix time, entry name) of every entry beat sent in the last seconds."""
+    out = host(beat_host).check_output(
+        "journalctl --no-pager --output short-unix --unit celery-beat.service --since=-%ss", str(since_seconds))
+    return [(float(m.group(1)), m.group(2)) for m in map(_BEAT_SENT.match, out.splitlines()) if m]

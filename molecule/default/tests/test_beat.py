@@ -4,18 +4,15 @@ import re
 import time
 from datetime import datetime
 
-from clusterlib import group, host
+from clusterlib import beat_sent, group, host
 
 BEAT = group("celery_beat")[0]
-SENT = re.compile(r"^(\d+\.\d+) .*Scheduler: Sending due task (\S+) ")
 HEARTBEAT = re.compile(r"heartbeat entry=(\w+) utc=(\S+) zone=(\S+) local=(\S+)")
 
 
 def sent(since_seconds):
     """(unix time, entry name) of every entry beat sent in the window."""
-    out = host(BEAT).check_output(
-        "journalctl --no-pager --output short-unix --unit celery-beat.service --since=-%ss", str(since_seconds))
-    return [(float(m.group(1)), m.group(2)) for m in map(SENT.match, out.splitlines()) if m]
+    return beat_sent(BEAT, since_seconds)
 
 
 def heartbeats(since_seconds):

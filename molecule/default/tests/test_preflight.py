@@ -105,3 +105,29 @@ def test_an_undefined_vault_secret_is_refused_naming_it(untouched):
         os.remove(handle.name)
     assert result.returncode != 0
     assert "vault_rabbitmq_client_password" in result.stdout, result.stdout[-1500:]
+
+
+def test_an_unsupported_operating_system_is_refused_naming_the_host(untouched):
+    """The outsider, made to look like Debian 11 and put in celery_clients."""
+    outsider = group("ungrouped")[0] if group("ungrouped") else "outsider"
+    box = host(outsider)
+    box.check_output("cp --remove-destination /usr/lib/os-release /tmp/os-release.keep"
+                     " && cp /etc/debian_version /tmp/debian_version.keep")
+    box.check_output("rm -f /etc/os-release && sed 's/^VERSION_ID=.*/VERSION_ID=\"11\"/; s/^VERSION=.*/VERSION=\"11 (bullseye)\"/;"
+                     " s/^VERSION_CODENAME=.*/VERSION_CODENAME=bullseye/' /tmp/os-release.keep > /etc/os-release"
+                     " && echo 11.11 > /etc/debian_version")
+
+    def add_outsider(data):
+        data["celery_clients"]["hosts"][outsider] = {"ansible_connection": "community.docker.docker"}
+
+    inventory = variant("old-os", add_outsider)
+    try:
+        result = run_playbook("playbooks/preflight.yml", inventory=inventory)
+    finally:
+        os.remove(inventory)
+        box.check_output("rm -f /etc/os-release && ln -s ../usr/lib/os-release /etc/os-release"
+                         " && cp /tmp/debian_version.keep /etc/debian_version")
+    text = " ".join(result.stdout.split())
+    assert result.returncode != 0
+    assert f"{outsider} runs Debian 11" in text, text[-1500:]
+    assert "only Debian 12 (bookworm) and 13 (trixie) are supported" in text

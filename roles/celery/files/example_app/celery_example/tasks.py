@@ -23,6 +23,7 @@ def _where(task, **extra):
         "worker": task.request.hostname,
         "host": socket.gethostname(),
         "routing_key": info.get("routing_key"),
+        "redelivered": bool(info.get("redelivered")),
         "started": time.time(),
         **extra,
     }

@@ -1,0 +1,148 @@
+"""Faults the cluster rides out without losing a task: every broker
+restarted with 1,000 tasks queued, a worker process killed mid-task, the
+first broker stopped while tasks flow, and the beat host restarted.
+
+Tasks are the example's web.tasks.mark(token), which leaves the file
+marks/<token> on the worker that ran it: a task is complete when its file
+exists. Tasks are published by the beat host (a producer) with its own key."""
+import json
+import time
+import uuid
+
+from clusterlib import CELERY_ENV, beat_sent, celery_cli, celery_python, group, host
+
+BROKERS = group("rabbitmq")
+PRODUCER = group("celery_beat")[0]
+WORKER = group("celery_workers")[0]
+MARKS = "/var/lib/celery/marks"
+
+
+def running_nodes(name):
+    out = host(name).run("rabbitmqctl --quiet cluster_status --formatter json")
+    return set(json.loads(out.stdout)["running_nodes"]) if out.rc == 0 else set()
+
+
+def wait_cluster(seconds=300):
+    expected = {f"rabbit@{b}" for b in BROKERS}
+    deadline = time.monotonic() + seconds
+    while running_nodes(BROKERS[0]) != expected and time.monotonic() < deadline:
+        time.sleep(3)
+    return running_nodes(BROKERS[0]) == expected
+
+
+def marks():
+    return set(host(WORKER).run("ls %s", MARKS).stdout.split())
+
+
+def wait_marks(tokens, seconds):
+    deadline = time.monotonic() + seconds
+    while (missing := set(tokens) - marks()) and time.monotonic() < deadline:
+        time.sleep(3)
+    return missing
+
+
+def queue_depth(queue):
+    out = host(BROKERS[0]).check_output(
+        "rabbitmqctl --quiet list_queues -p celery name messages --formatter json")
+    return {q["name"]: q["messages"] for q in json.loads(out)}.get(queue, 0)
+
+
+def publish_marks(count):
+    """Publish `count` mark tasks from the producer in one process; returns their tokens."""
+    tokens = [uuid.uuid4().hex for _ in range(count)]
+    host(PRODUCER).check_output("printf '%%s\\n' %s > /tmp/tokens", " ".join(tokens))
+    celery_python(PRODUCER, (
+        "import json\nfrom celery_example.app import app\n"
+        "tokens = open('/tmp/tokens').read().split()\n"
+        "with app.producer_or_acquire() as producer:\n"
+        "    for t in tokens:\n"
+        "        app.send_task('web.tasks.mark', [t], ignore_result=True, producer=producer)\n"
+        "print(json.dumps(len(tokens)))"), timeout=600)
+    return tokens
+
+
+def pools(action):
+    """Stop or start every worker pool of the worker host."""
+    host(WORKER).check_output("systemctl %s celery-worker@feeds.service celery-worker@web.service", action)
+
+
+def test_1000_queued_tasks_survive_a_restart_of_every_broker():
+    pools("stop")
+    try:
+        tokens = publish_marks(1000)
+        assert queue_depth("web") >= 1000
+        for broker in BROKERS:  # all at once: quorum queues come back from disk
+            host(broker).check_output("systemctl --no-block restart rabbitmq-server")
+        time.sleep(5)
+        assert wait_cluster(), "the brokers did not form one cluster again"
+        assert queue_depth("web") >= 1000, "queued tasks were lost in the restart"
+    finally:
+        pools("start")
+    missing = wait_marks(tokens, 300)
+    assert not missing, f"{len(missing)} of 1000 tasks never ran after the brokers restarted"
+
+
+def test_a_task_whose_process_is_killed_is_redelivered_and_completes():
+    result_id = celery_python(PRODUCER, (
+        "import json\nfrom celery_example.app import app\n"
+        "print(json.dumps(app.send_task('feed.tasks.sleep', [8], soft_time_limit=20, time_limit=30).id))"))
+    # Find the prefork child running it, then SIGKILL it mid-task.
+    pid = None
+    deadline = time.monotonic() + 30
+    while pid is None and time.monotonic() < deadline:
+        out = celery_cli(WORKER, "inspect", "active", "--json", "--timeout", "5").stdout
+        for tasks in json.loads(out.splitlines()[-1] or "{}").values():
+            pid = next((t["worker_pid"] for t in tasks if t["id"] == result_id), pid)
+        time.sleep(0.2)
+    assert pid, "the task never started"
+    host(WORKER).check_output("kill -KILL %s", str(pid))
+    result = celery_python(PRODUCER, (
+        "import json\nfrom celery_example.app import app\n"
+        f"print(json.dumps(app.AsyncResult({result_id!r}).get(timeout=120)))"), timeout=180)
+    assert result["redelivered"] is True and result["slept"] == 8, result
+
+
+def test_tasks_published_before_during_and_after_a_broker_stop_all_complete():
+    first = BROKERS[0]  # first in every host's failover list: clients must move
+    loop = ("import json, time, uuid\nfrom celery_example.app import app\n"
+            "out = open('/tmp/flow.tokens', 'a', buffering=1)\n"
+            "for i in range(240):\n"
+            "    t = uuid.uuid4().hex\n"
+            "    app.send_task('web.tasks.mark', [t], ignore_result=True)\n"
+            "    out.write(t + '\\n'); time.sleep(0.25)\n")
+    producer = host(PRODUCER)
+    producer.check_output("rm -f /tmp/flow.tokens")
+    producer.check_output("(timeout 600 runuser -u celery -- " + CELERY_ENV
+                          + " /opt/celery/venv/bin/python -c %s > /tmp/flow.log 2>&1 &)", loop)
+    time.sleep(15)
+    at_stop = len(producer.check_output("cat /tmp/flow.tokens").split())
+    host(first).check_output("systemctl stop rabbitmq-server")
+    try:
+        time.sleep(20)
+        during = len(producer.check_output("cat /tmp/flow.tokens").split()) - at_stop
+    finally:
+        host(first).check_output("systemctl start rabbitmq-server")
+    assert wait_cluster()
+    deadline = time.monotonic() + 120
+    while producer.run("pgrep -f flow.tokens").rc == 0 and time.monotonic() < deadline:
+        time.sleep(3)
+    tokens = producer.check_output("cat /tmp/flow.tokens").split()
+    assert len(tokens) == 240, producer.check_output("cat /tmp/flow.log")
+    assert during >= 20, f"only {during} tasks published in the 20 s the first broker was down"
+    missing = wait_marks(tokens, 180)
+    assert not missing, f"{len(missing)} of {len(tokens)} tasks never ran"
+
+
+def test_a_restarted_beat_host_resumes_and_fires_no_entry_twice():
+    start = time.time()
+    time.sleep(25)
+    host(PRODUCER).check_output("systemctl restart celery-beat.service")
+    time.sleep(95)  # spans at least one crontab minute after the restart
+    window = int(time.time() - start) + 2
+    sent = beat_sent(PRODUCER, window)
+    interval = [t for t, name in sent if name == "heartbeat-every-10s"]
+    minutes = [int(t // 60) for t, name in sent if name == "heartbeat-every-minute"]
+    assert [t for t in interval if t > start + 30], "beat did not resume after the restart"
+    gaps = [b - a for a, b in zip(interval, interval[1:])]
+    assert all(gap >= 8.5 for gap in gaps), f"an interval entry fired twice for one period: {gaps}"
+    assert minutes and len(minutes) == len(set(minutes)), f"a crontab minute fired twice: {minutes}"
