@@ -11,13 +11,17 @@ PLAY := ansible-playbook -i $(LAB_INVENTORY) -e @$(SECRETS)
 RELEASES ?= trixie
 SCENARIOS ?= default broker_cluster logging
 
-.PHONY: lab test bootstrap image secrets lab-up converge summary lab-destroy lint unit molecule
+.PHONY: lab test bench bootstrap image secrets lab-up converge summary lab-destroy lint unit molecule
 
 ## Deploy the local lab: tooling, base image, containers, site.yml, summary.
 lab: image secrets lab-up converge
 
 ## Run every test: lint, syntax, unit tests, molecule scenarios.
 test: image secrets lint unit molecule
+
+## Benchmark: deploy cost and cluster figures, written to bench/ (README).
+bench: image secrets
+	python3 scripts/bench.py $(BENCH_ARGS)
 
 bootstrap:
 	scripts/bootstrap.sh

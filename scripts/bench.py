@@ -1,0 +1,416 @@
+#!/usr/bin/env python3
+"""`make bench`: what a deploy and the deployed cluster cost, on this machine.
+
+Runs against the local lab (inventory/lab), from fresh containers, and
+prints and writes bench/results.json, bench/results.md and bench/results.png:
+
+1. converge of the whole lab from fresh containers (site.yml), against the
+   package floor: the same Debian and Python packages installed on the same
+   hosts, from fresh containers, with plain apt-get and pip (in parallel);
+2. a second converge with nothing to change: wall time and changed count;
+3. end-to-end throughput of trivial tasks published by the client host and
+   run by the pools, with `auth` signing and with `json`, p50/p99 latency,
+   and a raw AMQP publish/consume rate from the same host;
+4. beat lateness: each firing of the every-minute crontab entry against its
+   minute, and each interval firing against the previous one plus 10 s;
+5. resident memory of each worker pool, idle and under load.
+
+The lab is left deployed (signing on). Figures, not pass/fail: the targets
+are printed beside them.
+"""
+import argparse
+import concurrent.futures
+import datetime
+import json
+import os
+import platform
+import re
+import subprocess
+import sys
+import threading
+import tempfile
+import time
+import urllib.parse
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+OUT = ROOT / "bench"
+INVENTORY = ROOT / "inventory/lab"
+SECRETS = ROOT / ".lab/secrets.yml"
+ENV = dict(os.environ, ANSIBLE_CONFIG=str(ROOT / "ansible.cfg"), ANSIBLE_FORCE_COLOR="0",
+           PATH=f"{ROOT / '.venv/bin'}:{os.environ['PATH']}")
+CELERY = ["runuser", "-u", "celery", "--", "env", "PYTHONPATH=/etc/celery", "CELERY_CONFIG_MODULE=celeryconfig",
+          "/opt/celery/venv/bin/python", "-c"]
+FAMILIES = ["feed.tasks.fetch", "web.tasks.render", "video.tasks.transcode"]  # thumbnail is rate limited
+JSON_VARS = {"celery_task_serializer": "json", "celery_accept_content": ["json"],
+             "celery_event_serializer": "json", "celery_result_serializer": "json"}
+TARGETS = {"second_converge_s": 20, "converge_floor_ratio": 1.5, "signed_unsigned_ratio": 0.7, "beat_p99_s": 1.0}
+
+
+def log(message):
+    print(f"[bench {time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+def run(argv, **kwargs):
+    return subprocess.run(argv, cwd=ROOT, env=ENV, text=True, capture_output=True, check=False, **kwargs)
+
+
+def must(argv, **kwargs):
+    result = run(argv, **kwargs)
+    if result.returncode != 0:
+        sys.exit(f"bench: {' '.join(map(str, argv))} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
+    return result.stdout
+
+
+def timed(argv):
+    start = time.monotonic()
+    out = must(argv)
+    return time.monotonic() - start, out
+
+
+def inventory():
+    data = json.loads(must(["ansible-inventory", "-i", str(INVENTORY), "--list"]))
+    hostvars = data["_meta"]["hostvars"]
+    groups = {name: value.get("hosts", []) for name, value in data.items() if isinstance(value, dict)}
+    return hostvars, groups
+
+
+HOSTVARS, GROUPS = inventory()
+MANAGED = sorted({h for g in ("rabbitmq", "logserver", "celery_beat", "celery_workers", "flower", "celery_clients")
+                  for h in GROUPS.get(g, [])})
+
+
+def container(name):
+    return HOSTVARS[name]["ansible_host"]
+
+
+def dexec(name, *argv, check=True, stdin=None):
+    result = subprocess.run(["docker", "exec", "-i", container(name), *argv], text=True, capture_output=True,
+                            input=stdin, check=False)
+    if check and result.returncode != 0:
+        sys.exit(f"bench: on {name}: {' '.join(argv)[:200]} failed:\n{result.stdout[-2000:]}{result.stderr[-2000:]}")
+    return result.stdout
+
+
+def playbook(path, *extra):
+    return ["ansible-playbook", "-i", str(INVENTORY), "-e", f"@{SECRETS}", str(ROOT / path), *extra]
+
+
+def recap_changed(out):
+    return sum(int(n) for n in re.findall(r"changed=(\d+)", out.split("PLAY RECAP")[-1]))
+
+
+def percentile(values, fraction):
+    ordered = sorted(values)
+    if not ordered:
+        return None
+    index = min(len(ordered) - 1, max(0, round(fraction * (len(ordered) - 1))))
+    return ordered[index]
+
+
+# --- 1 and 2: converges ------------------------------------------------------
+
+def fresh_lab():
+    log("destroying the lab and starting fresh containers")
+    must(["make", "--no-print-directory", "lab-destroy"])
+    must(["make", "--no-print-directory", "secrets"])
+    must(["ansible-playbook", "-i", str(INVENTORY), "-e", f"@{SECRETS}", str(ROOT / "playbooks/lab/up.yml")])
+
+
+def installed_packages():
+    """What site.yml installed on each host: apt's explicit installs and
+    each virtual environment's pip freeze."""
+    packages = {}
+    for name in MANAGED:
+        history = dexec(name, "sh", "-c", "cat /var/log/apt/history.log 2>/dev/null || true")
+        apt = []
+        for line in history.splitlines():
+            if line.startswith("Commandline:") and " install " in line:
+                apt += [word for word in line.split(" install ", 1)[1].split() if not word.startswith("-")]
+        venvs = {}
+        for venv in ("/opt/celery/venv", "/opt/flower/venv"):
+            freeze = dexec(name, "sh", "-c", f"[ -x {venv}/bin/pip ] && {venv}/bin/pip freeze --all || true")
+            wanted = [line for line in freeze.splitlines() if "==" in line and not line.startswith(("pip==", "setuptools=="))]
+            if wanted:
+                venvs[venv] = wanted
+        packages[name] = {"apt": sorted(set(apt)), "pip": venvs}
+    return packages
+
+
+def save_wheelhouses(packages, into):
+    """Copy each converged host's wheelhouse directories (the exact wheels
+    site.yml installed from) to the controller, for the floor run."""
+    for name, spec in packages.items():
+        if not spec["pip"]:
+            continue
+        for directory in dexec(name, "sh", "-c", "ls -d /opt/*/wheelhouse 2>/dev/null || true").split():
+            target = Path(into) / name / directory.strip("/").replace("/", "-")
+            target.parent.mkdir(parents=True, exist_ok=True)
+            subprocess.run(["docker", "cp", f"{container(name)}:{directory}", str(target)], check=True)
+
+
+def floor(packages, wheelhouses):
+    """Install the same packages on fresh containers with plain apt-get and
+    pip (all hosts in parallel); the wall time is the floor."""
+
+    def one(name):
+        spec = packages[name]
+        for directory in sorted((Path(wheelhouses) / name).glob("*")):
+            subprocess.run(["docker", "cp", str(directory), f"{container(name)}:/root/{directory.name}"], check=True)
+        script = ["set -e", "export DEBIAN_FRONTEND=noninteractive", "apt-get update -q >/dev/null"]
+        if spec["apt"]:
+            script.append("apt-get install -y -q --no-install-recommends " + " ".join(spec["apt"]) + " >/dev/null")
+        for venv, wanted in spec["pip"].items():
+            target = f"/root/floor{venv.replace('/', '-')}"
+            script.append(f"python3 -m venv {target}")
+            links = " ".join(f"--find-links /root/{d.name}" for d in sorted((Path(wheelhouses) / name).glob("*")))
+            script.append(f"{target}/bin/pip install -q --no-index {links} " + " ".join(wanted))
+        start = time.monotonic()
+        dexec(name, "sh", "-c", "\n".join(script))
+        return time.monotonic() - start
+
+    start = time.monotonic()
+    with concurrent.futures.ThreadPoolExecutor(len(MANAGED)) as pool:
+        per_host = dict(zip(MANAGED, pool.map(one, MANAGED)))
+    return time.monotonic() - start, per_host
+
+
+# --- 3 and 5: throughput and memory ---------------------------------------------
+
+THROUGHPUT = r"""
+import json, sys, time
+from celery_example.app import app
+n, families = int(sys.argv[1]), sys.argv[2].split(",")
+for i in range(30):  # warm the pools and the connections
+    app.send_task(families[i % len(families)], [i]).get(timeout=120)
+sent = []
+start = time.time()
+with app.producer_or_acquire() as producer:
+    for i in range(n):
+        sent.append((time.time(), app.send_task(families[i % len(families)], [i], producer=producer)))
+published = time.time()
+starts = [(t, r.get(timeout=600)["started"]) for t, r in sent]
+done = time.time()
+print(json.dumps({"n": n, "publish_s": published - start, "total_s": done - start,
+                  "latency_s": [s - t for t, s in starts]}))
+"""
+
+RAW = r"""
+import json, sys, time, uuid
+from kombu import Connection, Exchange, Queue
+from celery_example.app import app
+spec = json.loads(sys.stdin.read())
+url = app.conf.broker_url.split(";")[0]
+url = url.split("://", 1)[0] + "://" + spec["user"] + ":" + spec["password"] + "@" + url.split("@", 1)[1]
+n, body = spec["n"], "x" * 100
+name = "bench-" + uuid.uuid4().hex
+with Connection(url, ssl=app.conf.broker_use_ssl, transport_options={"confirm_publish": True}) as conn:
+    exchange = Exchange("bench-" + uuid.uuid4().hex, type="direct", durable=False, auto_delete=True)
+    queue = Queue(name, exchange, routing_key=name, durable=True, queue_arguments={"x-queue-type": "quorum"})
+    producer = conn.Producer(serializer="json")
+    queue(conn.default_channel).declare()
+    start = time.time()
+    for i in range(n):
+        producer.publish(body, exchange=exchange, routing_key=name, delivery_mode=2)
+    published = time.time()
+    got = 0
+    def on_message(message):
+        global got
+        got += 1
+        message.ack()
+    with conn.Consumer(queue, callbacks=[lambda b, m: on_message(m)], accept=["json"], prefetch_count=200):
+        while got < n:
+            conn.drain_events(timeout=30)
+    consumed = time.time()
+    queue(conn.default_channel).delete()
+print(json.dumps({"n": n, "publish_per_s": n / (published - start), "consume_per_s": n / (consumed - published)}))
+"""
+
+
+def pool_rss():
+    """Resident memory (MiB) of each pool: its main process and its children."""
+    rss = {}
+    for worker in GROUPS.get("celery_workers", []):
+        for pool in HOSTVARS[worker].get("celery_worker_pools", []):
+            unit = f"celery-worker@{pool['name']}.service"
+            kib = dexec(worker, "sh", "-c",
+                        f"m=$(systemctl show -p MainPID --value {unit}); [ \"$m\" != 0 ] || exit 0; "
+                        "for p in $m $(pgrep -P $m); do grep VmRSS /proc/$p/status 2>/dev/null; done "
+                        "| awk '{s += $2} END {print s + 0}'").strip()
+            rss[f"{worker}/{pool['name']}"] = round(int(kib or 0) / 1024, 1)
+    return rss
+
+
+def throughput(label, n):
+    client = GROUPS["celery_clients"][0]
+    samples = []
+    stop = threading.Event()
+
+    def sample():
+        while not stop.is_set():
+            samples.append(pool_rss())
+            stop.wait(2)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    out = dexec(client, *CELERY, THROUGHPUT, str(n), ",".join(FAMILIES))
+    stop.set()
+    sampler.join()
+    data = json.loads(out.splitlines()[-1])
+    latency = data.pop("latency_s")
+    peak = {pool: max(sample.get(pool, 0) for sample in samples) for pool in (samples[0] if samples else {})}
+    result = {"serializer": label, "tasks": n, "tasks_per_s": round(n / data["total_s"], 1),
+              "publish_per_s": round(n / data["publish_s"], 1),
+              "latency_p50_ms": round(percentile(latency, 0.5) * 1000, 1),
+              "latency_p99_ms": round(percentile(latency, 0.99) * 1000, 1)}
+    log(f"throughput {label}: {result}")
+    return result, peak
+
+
+def raw_rate(n):
+    client = GROUPS["celery_clients"][0]
+    secrets = {}
+    for line in SECRETS.read_text().splitlines():
+        if ":" in line:
+            key, value = line.split(":", 1)
+            secrets[key.strip()] = value.strip().strip("'\"")
+    spec = {"n": n, "user": "celery_worker",
+            "password": urllib.parse.quote(secrets["vault_rabbitmq_worker_password"], safe="")}
+    out = dexec(client, *CELERY, RAW, stdin=json.dumps(spec))
+    return {k: round(v, 1) if isinstance(v, float) else v for k, v in json.loads(out.splitlines()[-1]).items()}
+
+
+# --- 4: beat ----------------------------------------------------------------------
+
+def beat_lateness(seconds):
+    beat = GROUPS["celery_beat"][0]
+    log(f"watching beat for {seconds} s")
+    time.sleep(seconds)
+    out = dexec(beat, "journalctl", "--no-pager", "--output", "short-unix", "--unit", "celery-beat.service",
+                f"--since=-{seconds}s")
+    sent = [(float(m.group(1)), m.group(2)) for m in
+            re.finditer(r"^(\d+\.\d+) .*Scheduler: Sending due task (\S+) ", out, re.MULTILINE)]
+    crontab = [t - (t // 60) * 60 for t, name in sent if name == "heartbeat-every-minute"]
+    interval = [t for t, name in sent if name == "heartbeat-every-10s"]
+    drift = [abs((b - a) - 10) for a, b in zip(interval, interval[1:])]
+    late = crontab + drift
+    return {"firings": len(crontab) + len(interval), "crontab_firings": len(crontab),
+            "crontab_lateness_s": [round(v, 3) for v in crontab],
+            "interval_drift_p50_s": round(percentile(drift, 0.5), 3) if drift else None,
+            "lateness_p50_s": round(percentile(late, 0.5), 3) if late else None,
+            "lateness_p99_s": round(percentile(late, 0.99), 3) if late else None}
+
+
+# --- report -------------------------------------------------------------------------
+
+def chart(results, path):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, (deploy, tasks) = plt.subplots(1, 2, figsize=(11, 4))
+    labels = ["package floor", "converge (fresh)", "second converge"]
+    values = [results["floor_s"], results["converge_fresh_s"], results["second_converge_s"]]
+    deploy.bar(labels, values, color=["#999999", "#3b7dd8", "#5cb85c"])
+    deploy.set_ylabel("seconds")
+    deploy.set_title("Deploying the lab")
+    for i, v in enumerate(values):
+        deploy.text(i, v, f"{v:.0f} s", ha="center", va="bottom")
+    tput = results["throughput"]
+    tasks.bar([t["serializer"] for t in tput], [t["tasks_per_s"] for t in tput], color=["#d9534f", "#3b7dd8"])
+    tasks.set_ylabel("tasks/s (end to end)")
+    tasks.set_title("Trivial tasks, client to pools")
+    for i, t in enumerate(tput):
+        tasks.text(i, t["tasks_per_s"], f"{t['tasks_per_s']}/s\np99 {t['latency_p99_ms']} ms", ha="center", va="bottom")
+    fig.suptitle(f"celery cluster bundle, {results['date']}, {results['machine']}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+
+
+def markdown(r):
+    t = {x["serializer"]: x for x in r["throughput"]}
+    rows = [
+        ("converge of the whole lab, fresh containers", f"{r['converge_fresh_s']:.0f} s", ""),
+        ("package floor (same apt + pip packages, same hosts)", f"{r['floor_s']:.0f} s", ""),
+        ("converge / floor", f"{r['converge_floor_ratio']:.2f}x", f"<= {TARGETS['converge_floor_ratio']}x"),
+        ("second converge", f"{r['second_converge_s']:.1f} s, changed={r['second_converge_changed']}",
+         f"< {TARGETS['second_converge_s']} s, changed=0"),
+        ("throughput, auth (signed)", f"{t['auth']['tasks_per_s']} tasks/s, p50 {t['auth']['latency_p50_ms']} ms, "
+         f"p99 {t['auth']['latency_p99_ms']} ms", ""),
+        ("throughput, json (unsigned)", f"{t['json']['tasks_per_s']} tasks/s, p50 {t['json']['latency_p50_ms']} ms, "
+         f"p99 {t['json']['latency_p99_ms']} ms", ""),
+        ("signed / unsigned", f"{r['signed_unsigned_ratio']:.2f}x", f">= {TARGETS['signed_unsigned_ratio']}x"),
+        ("raw AMQP, same broker and host", f"publish {r['raw_amqp']['publish_per_s']}/s, "
+         f"consume {r['raw_amqp']['consume_per_s']}/s", ""),
+        ("beat lateness", f"p50 {r['beat']['lateness_p50_s']} s, p99 {r['beat']['lateness_p99_s']} s "
+         f"({r['beat']['firings']} firings)", f"p99 < {TARGETS['beat_p99_s']} s"),
+    ]
+    for pool, idle in sorted(r["rss_idle_mib"].items()):
+        rows.append((f"RSS {pool}", f"idle {idle} MiB, load {r['rss_load_mib'].get(pool, '-')} MiB", ""))
+    lines = [f"Benchmark of {r['date']} on {r['machine']} (`make bench`, {r['bench_s']:.0f} s in all).", "",
+             "| figure | value | target |", "| --- | --- | --- |"]
+    lines += [f"| {a} | {b} | {c} |" for a, b, c in rows]
+    return "\n".join(lines) + "\n"
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--tasks", type=int, default=2000, help="tasks per throughput run")
+    parser.add_argument("--raw", type=int, default=5000, help="messages of the raw AMQP run")
+    parser.add_argument("--beat-seconds", type=int, default=190, help="how long to watch beat")
+    args = parser.parse_args()
+    began = time.monotonic()
+    OUT.mkdir(exist_ok=True)
+    results = {"date": datetime.date.today().isoformat(),
+               "machine": f"{platform.node() or 'controller'}: {os.cpu_count()} cores, "
+                          f"{round(os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30)} GiB, "
+                          f"{platform.system()} {platform.release()}",
+               "command": "make bench"}
+
+    fresh_lab()
+    log("converge of the whole lab from fresh containers")
+    results["converge_fresh_s"], out = timed(playbook("playbooks/site.yml"))
+    log(f"  {results['converge_fresh_s']:.1f} s, changed={recap_changed(out)}")
+    packages = installed_packages()
+    results["packages"] = {name: {"apt": len(p["apt"]), "pip": sum(len(v) for v in p["pip"].values())}
+                           for name, p in packages.items()}
+
+    log("second converge")
+    results["second_converge_s"], out = timed(playbook("playbooks/site.yml"))
+    results["second_converge_changed"] = recap_changed(out)
+    log(f"  {results['second_converge_s']:.1f} s, changed={results['second_converge_changed']}")
+
+    results["rss_idle_mib"] = pool_rss()
+    signed, peak_signed = throughput("auth", args.tasks)
+    results["beat"] = beat_lateness(args.beat_seconds)
+    results["raw_amqp"] = raw_rate(args.raw)
+    log("switching the cluster to the json serializer (no signing)")
+    must(playbook("playbooks/site.yml", "-e", json.dumps(JSON_VARS)))
+    unsigned, peak_unsigned = throughput("json", args.tasks)
+    results["throughput"] = [unsigned, signed]
+    results["signed_unsigned_ratio"] = round(signed["tasks_per_s"] / unsigned["tasks_per_s"], 2)
+    results["rss_load_mib"] = {pool: max(peak_signed.get(pool, 0), peak_unsigned.get(pool, 0)) for pool in peak_signed}
+
+    wheelhouses = tempfile.mkdtemp(prefix="bench-wheelhouse-")
+    save_wheelhouses(packages, wheelhouses)
+    fresh_lab()
+    log("package floor on fresh containers")
+    results["floor_s"], results["floor_per_host_s"] = floor(packages, wheelhouses)
+    results["floor_per_host_s"] = {k: round(v, 1) for k, v in results["floor_per_host_s"].items()}
+    fresh_lab()
+    log("converge of the whole lab from fresh containers, second sample (leaves the lab deployed)")
+    again, _ = timed(playbook("playbooks/site.yml"))
+    results["converge_fresh_samples_s"] = [round(results["converge_fresh_s"], 1), round(again, 1)]
+    results["converge_fresh_s"] = min(results["converge_fresh_s"], again)
+    results["converge_floor_ratio"] = round(results["converge_fresh_s"] / results["floor_s"], 2)
+    results["targets"] = TARGETS
+    results["bench_s"] = time.monotonic() - began
+
+    (OUT / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    (OUT / "results.md").write_text(markdown(results))
+    chart(results, OUT / "results.png")
+    print(markdown(results))
+    log(f"written: {OUT / 'results.json'}, {OUT / 'results.md'}, {OUT / 'results.png'}")
+
+
+if __name__ == "__main__":
+    main()
