@@ -118,7 +118,8 @@ def test_an_unsupported_operating_system_is_refused_naming_the_host(untouched):
                      " && echo 11.11 > /etc/debian_version")
 
     def add_outsider(data):
-        data["celery_clients"]["hosts"][outsider] = {"ansible_connection": "community.docker.docker"}
+        for name in ("celery", "celery_clients"):  # molecule writes each group flat
+            data.setdefault(name, {}).setdefault("hosts", {})[outsider] = {"ansible_connection": "community.docker.docker"}
 
     inventory = variant("old-os", add_outsider)
     try:
