@@ -41,10 +41,17 @@ def wait_marks(tokens, seconds):
     return missing
 
 
-def queue_depth(queue):
-    out = host(BROKERS[0]).check_output(
-        "rabbitmqctl --quiet list_queues -p celery name messages --formatter json")
-    return {q["name"]: q["messages"] for q in json.loads(out)}.get(queue, 0)
+def queue_depth(queue, seconds=120):
+    """Messages in a queue; retried while the cluster is still electing
+    queue leaders after a restart (rabbitmqctl then exits non-zero)."""
+    deadline = time.monotonic() + seconds
+    while True:
+        out = host(BROKERS[0]).run("rabbitmqctl --quiet list_queues -p celery name messages --formatter json")
+        if out.rc == 0:
+            return {q["name"]: q["messages"] for q in json.loads(out.stdout)}.get(queue, 0)
+        if time.monotonic() > deadline:
+            raise AssertionError(f"list_queues kept failing: {out.stderr}")
+        time.sleep(3)
 
 
 def publish_marks(count):
@@ -90,8 +97,8 @@ def test_a_task_whose_process_is_killed_is_redelivered_and_completes():
     pid = None
     deadline = time.monotonic() + 30
     while pid is None and time.monotonic() < deadline:
-        out = celery_cli(WORKER, "inspect", "active", "--json", "--timeout", "5").stdout
-        for tasks in json.loads(out.splitlines()[-1] or "{}").values():
+        lines = celery_cli(WORKER, "inspect", "active", "--json", "--timeout", "5").stdout.strip().splitlines()
+        for tasks in (json.loads(lines[-1]) if lines and lines[-1].startswith("{") else {}).values():
             pid = next((t["worker_pid"] for t in tasks if t["id"] == result_id), pid)
         time.sleep(0.2)
     assert pid, "the task never started"
