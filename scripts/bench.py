@@ -118,22 +118,23 @@ def fresh_lab():
 
 
 def installed_packages():
-    """What site.yml installed on each host: apt's explicit installs and
-    each virtual environment's pip freeze."""
+    """What site.yml installed on each host: the packages apt marks manual
+    that the base image does not, and each virtual environment's pip freeze."""
+    baseline = {}
     packages = {}
     for name in MANAGED:
-        history = dexec(name, "sh", "-c", "cat /var/log/apt/history.log 2>/dev/null || true")
-        apt = []
-        for line in history.splitlines():
-            if line.startswith("Commandline:") and " install " in line:
-                apt += [word for word in line.split(" install ", 1)[1].split() if not word.startswith("-")]
+        image = HOSTVARS[name]["lab_image"]
+        if image not in baseline:
+            baseline[image] = set(subprocess.run(["docker", "run", "--rm", "--entrypoint", "apt-mark", image, "showmanual"],
+                                                 capture_output=True, text=True, check=True).stdout.split())
+        manual = set(dexec(name, "apt-mark", "showmanual").split())
         venvs = {}
         for venv in ("/opt/celery/venv", "/opt/flower/venv"):
             freeze = dexec(name, "sh", "-c", f"[ -x {venv}/bin/pip ] && {venv}/bin/pip freeze --all || true")
             wanted = [line for line in freeze.splitlines() if "==" in line and not line.startswith(("pip==", "setuptools=="))]
             if wanted:
                 venvs[venv] = wanted
-        packages[name] = {"apt": sorted(set(apt)), "pip": venvs}
+        packages[name] = {"apt": sorted(manual - baseline[image]), "pip": venvs}
     return packages
 
 
@@ -198,13 +199,13 @@ print(json.dumps({"n": n, "publish_s": published - start, "total_s": done - star
 RAW = r"""
 import json, sys, time, uuid
 from kombu import Connection, Exchange, Queue
-from celery_example.app import app
+import celeryconfig as conf  # not the app: it would turn off the json decoder (signing)
 spec = json.loads(sys.stdin.read())
-url = app.conf.broker_url.split(";")[0]
+url = conf.broker_url.split(";")[0]
 url = url.split("://", 1)[0] + "://" + spec["user"] + ":" + spec["password"] + "@" + url.split("@", 1)[1]
 n, body = spec["n"], "x" * 100
 name = "bench-" + uuid.uuid4().hex
-with Connection(url, ssl=app.conf.broker_use_ssl, transport_options={"confirm_publish": True}) as conn:
+with Connection(url, ssl=conf.broker_use_ssl, transport_options={"confirm_publish": True}) as conn:
     exchange = Exchange("bench-" + uuid.uuid4().hex, type="direct", durable=False, auto_delete=True)
     queue = Queue(name, exchange, routing_key=name, durable=True, queue_arguments={"x-queue-type": "quorum"})
     producer = conn.Producer(serializer="json")
@@ -218,7 +219,7 @@ with Connection(url, ssl=app.conf.broker_use_ssl, transport_options={"confirm_pu
         global got
         got += 1
         message.ack()
-    with conn.Consumer(queue, callbacks=[lambda b, m: on_message(m)], accept=["json"], prefetch_count=200):
+    with conn.Consumer(queue, on_message=on_message, prefetch_count=200):
         while got < n:
             conn.drain_events(timeout=30)
     consumed = time.time()
