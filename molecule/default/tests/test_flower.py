@@ -9,7 +9,7 @@ import uuid
 
 import pytest
 from browser import Browser
-from clusterlib import (address, artifact_path, celery_cli, celery_python, group, host, http_get, inventory_vars,
+from clusterlib import (address, artifact_path, celery_python, group, host, http_get, inventory_vars,
                         secrets, tcp_open)
 
 FLOWER = group("flower")[0]
