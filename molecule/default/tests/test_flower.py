@@ -201,7 +201,7 @@ def test_flower_decodes_the_tasks_of_every_queue_and_keeps_them_across_a_restart
         assert (info["worker"], info["state"], info["args"]) == (worker, tasks[task_id]["state"], tasks[task_id]["args"])
 
 
-@pytest.mark.xfail(reason="Known limit (README): a threads pool with publisher confirms loses some task-started/"
+@pytest.mark.xfail(reason="Known limit (roles/flower/README.md): Celery 5.6's threads pool loses some task-started/"
                           "task-succeeded events, so Flower shows some of its finished tasks as RECEIVED or STARTED",
                    strict=False)
 def test_every_task_of_a_threads_pool_reaches_success_in_flower(cafile):
