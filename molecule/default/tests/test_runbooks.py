@@ -157,12 +157,29 @@ print(json.dumps(out))
     assert active_queues() == expected_queues()
 
 
+def _inventory_groups(node, found):
+    """Every group of a YAML inventory by name, top-level (molecule) or nested
+    under children (the lab)."""
+    for name, group_data in (node or {}).items():
+        if isinstance(group_data, dict):
+            found.setdefault(name, group_data)
+            _inventory_groups(group_data.get("children"), found)
+    return found
+
+
 def _moved_inventory():
     with open(INVENTORY, encoding="utf-8") as handle:
         data = yaml.safe_load(handle)
-    data["celery_beat"]["hosts"] = {NEW_BEAT: data["celery_clients"]["hosts"].pop(NEW_BEAT)}
+    groups = _inventory_groups(data, {})
+    all_hosts = data.setdefault("all", {}).setdefault("hosts", {}) or {}
+    data["all"]["hosts"] = all_hosts
+    keep = all_hosts.get(BEAT) or groups["celery_beat"]["hosts"][BEAT] or {}
+    groups["celery_beat"]["hosts"] = {NEW_BEAT: groups["celery_clients"]["hosts"].pop(NEW_BEAT)}
     # The old beat host leaves the Celery groups but stays in the inventory.
-    data["celery"]["hosts"].pop(BEAT)
+    for name, group_data in groups.items():
+        if name != "all":
+            (group_data.get("hosts") or {}).pop(BEAT, None)
+    all_hosts[BEAT] = keep
     path = os.path.join(os.path.dirname(INVENTORY), "variant-moved-beat.yml")
     with open(path, "w", encoding="utf-8") as handle:
         yaml.safe_dump(data, handle)
