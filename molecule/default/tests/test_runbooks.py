@@ -186,9 +186,11 @@ def _moved_inventory():
     return path
 
 
-def _beat_events(name):
+def _beat_events(name, since):
+    """Beat's starts, stops and every-minute firings on a host since a unix time
+    (an earlier move in the same lab must not count)."""
     out = host(name).check_output(
-        "journalctl --no-pager --output short-unix --unit celery-beat.service --since=-15min")
+        "journalctl --no-pager --output short-unix --unit celery-beat.service --since=@%s", str(int(since)))
     events = []
     for line in out.splitlines():
         stamp = float(line.split()[0])
@@ -207,16 +209,19 @@ def _active(name):
 
 def test_move_beat_runbook_never_runs_two_beats_nor_fires_twice():
     moved = _moved_inventory()
+    since = time.time()
+    minute_start = since // 60 * 60   # an entry sent earlier in this minute must not fire again
     try:
         result = run_playbook("playbooks/runbooks/move-beat.yml", inventory=moved)
         assert result.returncode == 0, result.stdout[-3000:]
         assert _active(NEW_BEAT) and not _active(BEAT)
-        old, new = _beat_events(BEAT), _beat_events(NEW_BEAT)
+        old, new = _beat_events(BEAT, since), _beat_events(NEW_BEAT, since)
         stopped = max(t for t, kind in old if kind == "stop")
         started = min(t for t, kind in new if kind == "start")
         assert stopped <= started, "the new beat started before the old one stopped"
         time.sleep(65)   # let the new beat reach its next minute
-        minutes = [int(t // 60) for t, kind in _beat_events(BEAT) + _beat_events(NEW_BEAT) if kind == "minute"]
+        minutes = [int(t // 60) for t, kind in _beat_events(BEAT, minute_start) + _beat_events(NEW_BEAT, minute_start)
+                   if kind == "minute"]
         assert len(minutes) == len(set(minutes)), "an entry fired twice for one period"
     finally:
         os.remove(moved)
