@@ -162,6 +162,20 @@ def celery_cli(source_host, *args):
         *args)
 
 
+def inventory_groups(data):
+    """Every group of a YAML inventory (parsed) by name, whether top-level
+    (molecule's inventory) or nested under children (the lab's)."""
+    found = {}
+
+    def walk(node):
+        for name, group_data in (node or {}).items():
+            if isinstance(group_data, dict):
+                found.setdefault(name, group_data)
+                walk(group_data.get("children"))
+    walk(data)
+    return found
+
+
 def inventory_vars(hostname):
     """Variables of one host as the inventory defines them (host_vars included)."""
     return _runner().get_variables(hostname)

@@ -6,7 +6,7 @@ import tempfile
 
 import pytest
 import yaml
-from clusterlib import INVENTORY, group, host, run_playbook
+from clusterlib import INVENTORY, group, host, inventory_groups, run_playbook
 
 
 def variant(name, edit):
@@ -30,11 +30,12 @@ def fingerprint():
 
 
 def two_beats(data):
-    data["celery_beat"]["hosts"][group("celery_workers")[0]] = {"ansible_connection": "community.docker.docker"}
+    beat_hosts = inventory_groups(data)["celery_beat"]["hosts"]
+    beat_hosts[group("celery_workers")[0]] = {"ansible_connection": "community.docker.docker"}
 
 
 def no_beat(data):
-    data["celery_beat"]["hosts"] = {}
+    inventory_groups(data)["celery_beat"]["hosts"] = {}
 
 
 @pytest.mark.parametrize("edit, message", [
@@ -124,7 +125,8 @@ def test_an_unsupported_operating_system_is_refused_naming_the_host(untouched):
                      " && echo 11.11 > /etc/debian_version")
 
     def add_outsider(data):
-        data["celery_clients"]["hosts"][outsider] = {"ansible_connection": "community.docker.docker"}
+        clients = inventory_groups(data)["celery_clients"]["hosts"]
+        clients[outsider] = {"ansible_connection": "community.docker.docker"}
 
     inventory = variant("old-os", add_outsider)
     try:

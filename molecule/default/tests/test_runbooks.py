@@ -7,7 +7,8 @@ import time
 import uuid
 
 import yaml
-from clusterlib import INVENTORY, PROJECT, amqp_session, celery_cli, celery_python, group, host, inventory_vars, run_playbook
+from clusterlib import (INVENTORY, PROJECT, amqp_session, celery_cli, celery_python, group, host, inventory_groups,
+                        inventory_vars, run_playbook)
 
 BROKER = group("rabbitmq")[0]
 WORKER = group("celery_workers")[0]
@@ -157,20 +158,10 @@ print(json.dumps(out))
     assert active_queues() == expected_queues()
 
 
-def _inventory_groups(node, found):
-    """Every group of a YAML inventory by name, top-level (molecule) or nested
-    under children (the lab)."""
-    for name, group_data in (node or {}).items():
-        if isinstance(group_data, dict):
-            found.setdefault(name, group_data)
-            _inventory_groups(group_data.get("children"), found)
-    return found
-
-
 def _moved_inventory():
     with open(INVENTORY, encoding="utf-8") as handle:
         data = yaml.safe_load(handle)
-    groups = _inventory_groups(data, {})
+    groups = inventory_groups(data)
     all_hosts = data.setdefault("all", {}).setdefault("hosts", {}) or {}
     data["all"]["hosts"] = all_hosts
     keep = all_hosts.get(BEAT) or groups["celery_beat"]["hosts"][BEAT] or {}
