@@ -12,6 +12,11 @@ command -v debootstrap >/dev/null 2>&1 || need_pkgs+=(debootstrap)
 command -v nft >/dev/null 2>&1 || need_pkgs+=(nftables)
 dpkg -s debian-archive-keyring >/dev/null 2>&1 || need_pkgs+=(debian-archive-keyring)
 [ -x /usr/sbin/apt-cacher-ng ] || need_pkgs+=(apt-cacher-ng)
+# The Flower test drives a real browser: Debian's headless Chromium through
+# chromedriver, trusting the lab CA through an NSS database (certutil).
+command -v chromium >/dev/null 2>&1 || need_pkgs+=(chromium)
+command -v chromedriver >/dev/null 2>&1 || need_pkgs+=(chromium-driver)
+command -v certutil >/dev/null 2>&1 || need_pkgs+=(libnss3-tools)
 if [ "${#need_pkgs[@]}" -gt 0 ]; then
   log "installing ${need_pkgs[*]} from Debian"
   export DEBIAN_FRONTEND=noninteractive

@@ -162,6 +162,20 @@ def celery_cli(source_host, *args):
         *args)
 
 
+def inventory_groups(data):
+    """Every group of a YAML inventory (parsed) by name, whether top-level
+    (molecule's inventory) or nested under children (the lab's)."""
+    found = {}
+
+    def walk(node):
+        for name, group_data in (node or {}).items():
+            if isinstance(group_data, dict):
+                found.setdefault(name, group_data)
+                walk(group_data.get("children"))
+    walk(data)
+    return found
+
+
 def inventory_vars(hostname):
     """Variables of one host as the inventory defines them (host_vars included)."""
     return _runner().get_variables(hostname)
@@ -195,3 +209,36 @@ def beat_sent(beat_host, since_seconds):
     out = host(beat_host).check_output(
         "journalctl --no-pager --output short-unix --unit celery-beat.service --since=-%ss", str(since_seconds))
     return [(float(m.group(1)), m.group(2)) for m in map(_BEAT_SENT.match, out.splitlines()) if m]
+
+
+def address(name):
+    """The host's address on the cluster network (its first address)."""
+    return host(name).check_output("hostname -I").split()[0]
+
+
+def http_get(url, *, auth=None, cafile=None, timeout=20):
+    """GET from the controller; returns (status, body). auth is (user, password);
+    HTTPS is verified against cafile (hostname included)."""
+    import base64
+    import ssl
+    import urllib.error
+    import urllib.request
+    headers = {}
+    if auth:
+        headers["Authorization"] = "Basic " + base64.b64encode(f"{auth[0]}:{auth[1]}".encode()).decode()
+    context = ssl.create_default_context(cafile=cafile) if url.startswith("https:") else None
+    request = urllib.request.Request(url, headers=headers)
+    try:
+        with urllib.request.urlopen(request, timeout=timeout, context=context) as response:
+            return response.status, response.read().decode(errors="replace")
+    except urllib.error.HTTPError as error:
+        return error.code, error.read().decode(errors="replace")
+
+
+def artifact_path(name):
+    """Where a test keeps what a person may want to look at afterwards: the
+    scenario's ephemeral directory under molecule, else artifacts/ (git-ignored)."""
+    base = os.environ.get("MOLECULE_EPHEMERAL_DIRECTORY") or os.path.join(PROJECT, "artifacts")
+    path = os.path.join(base, "artifacts", name) if os.environ.get("MOLECULE_EPHEMERAL_DIRECTORY") else os.path.join(base, name)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    return path

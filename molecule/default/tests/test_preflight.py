@@ -6,7 +6,7 @@ import tempfile
 
 import pytest
 import yaml
-from clusterlib import INVENTORY, group, host, run_playbook
+from clusterlib import INVENTORY, group, host, inventory_groups, run_playbook
 
 
 def variant(name, edit):
@@ -24,16 +24,18 @@ def fingerprint():
     """What a run would change: configuration files and units on the managed hosts."""
     return {name: host(name).run(
         "sha256sum /etc/nftables.conf /etc/nftables.d/*.nft /etc/celery/*.py /etc/celery/*.env "
-        "/etc/rabbitmq/rabbitmq.conf /etc/systemd/system/celery-* 2>/dev/null").stdout
+        "/etc/rabbitmq/rabbitmq.conf /etc/systemd/system/celery-* /etc/flower/*.py /etc/systemd/system/flower.service "
+        "2>/dev/null").stdout
         for name in group("rabbitmq") + group("celery")}
 
 
 def two_beats(data):
-    data["celery_beat"]["hosts"][group("celery_workers")[0]] = {"ansible_connection": "community.docker.docker"}
+    beat_hosts = inventory_groups(data)["celery_beat"]["hosts"]
+    beat_hosts[group("celery_workers")[0]] = {"ansible_connection": "community.docker.docker"}
 
 
 def no_beat(data):
-    data["celery_beat"]["hosts"] = {}
+    inventory_groups(data)["celery_beat"]["hosts"] = {}
 
 
 @pytest.mark.parametrize("edit, message", [
@@ -74,6 +76,10 @@ BAD_INPUT = [
      ["celery_beat_schedule['bad'].crontab.minute", "outside 0-59"]),
     ("negative-time-limit", {"celery_task_time_limit": -5}, ["celery_task_time_limit=-5"]),
     ("unknown-compression", {"celery_task_compression": "snappy"}, ["celery_task_compression='snappy'"]),
+    ("flower-placeholder-password", {"vault_flower_password": "CHANGE_ME"},
+     ["flower_auth_password", "vault_flower_password", "CHANGE_ME placeholder"]),
+    ("flower-short-password", {"vault_flower_password": "short"}, ["flower_auth_password", "12 characters"]),
+    ("flower-open-to-nobody", {"flower_allow_cidrs": []}, ["flower_allow_cidrs and flower_allow_groups are both empty"]),
 ]
 
 
@@ -93,10 +99,11 @@ def test_bad_input_is_refused_in_preflight_naming_it(untouched, case, overrides,
         assert word in text, f"{case}: {word!r} not in {text[-1500:]}"
 
 
-def test_an_undefined_vault_secret_is_refused_naming_it(untouched):
+@pytest.mark.parametrize("secret", ["vault_rabbitmq_client_password", "vault_flower_password"])
+def test_an_undefined_vault_secret_is_refused_naming_it(untouched, secret):
     with open(os.environ["CLUSTER_SECRETS"], encoding="utf-8") as handle:
         secrets = yaml.safe_load(handle)
-    del secrets["vault_rabbitmq_client_password"]
+    del secrets[secret]
     with tempfile.NamedTemporaryFile("w", suffix=".yml", delete=False) as handle:
         yaml.safe_dump(secrets, handle)
     try:
@@ -104,7 +111,7 @@ def test_an_undefined_vault_secret_is_refused_naming_it(untouched):
     finally:
         os.remove(handle.name)
     assert result.returncode != 0
-    assert "vault_rabbitmq_client_password" in result.stdout, result.stdout[-1500:]
+    assert secret in result.stdout, result.stdout[-1500:]
 
 
 def test_an_unsupported_operating_system_is_refused_naming_the_host(untouched):
@@ -118,8 +125,10 @@ def test_an_unsupported_operating_system_is_refused_naming_the_host(untouched):
                      " && echo 11.11 > /etc/debian_version")
 
     def add_outsider(data):
-        for name in ("celery", "celery_clients"):  # molecule writes each group flat
-            data.setdefault(name, {}).setdefault("hosts", {})[outsider] = {"ansible_connection": "community.docker.docker"}
+        groups = inventory_groups(data)
+        for name in ("celery", "celery_clients"):  # molecule lists each group flat
+            if name in groups:
+                groups[name].setdefault("hosts", {})[outsider] = {"ansible_connection": "community.docker.docker"}
 
     inventory = variant("old-os", add_outsider)
     try:

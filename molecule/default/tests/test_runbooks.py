@@ -1,16 +1,45 @@
 """Day-2 runbooks, run for real against the whole cluster."""
+import json
 import os
 import re
+import subprocess
 import time
 import uuid
 
 import yaml
-from clusterlib import INVENTORY, amqp_session, group, host, run_playbook
+from clusterlib import (INVENTORY, PROJECT, amqp_session, celery_cli, celery_python, group, host, inventory_groups,
+                        inventory_vars, run_playbook)
 
 BROKER = group("rabbitmq")[0]
 WORKER = group("celery_workers")[0]
 BEAT = group("celery_beat")[0]
 NEW_BEAT = group("celery_clients")[0]
+CLIENT = group("celery_clients")[0]
+MONITOR = group("flower")[0]
+
+
+def pools_of(worker):
+    return [pool["name"] for pool in inventory_vars(worker).get("celery_worker_pools", [])]
+
+
+def expected_queues():
+    """pool@host -> the queues it consumes, from the inventory."""
+    return {f"{pool['name']}@{worker}": sorted(pool["queues"]) for worker in group("celery_workers")
+            for pool in inventory_vars(worker).get("celery_worker_pools", [])}
+
+
+def active_queues():
+    out = celery_cli(MONITOR, "inspect", "active_queues", "--json", "--timeout", "10")
+    assert out.rc == 0, out.stderr
+    return {node: sorted(q["name"] for q in queues) for node, queues in json.loads(out.stdout.strip().splitlines()[-1]).items()}
+
+
+# Fire and forget: tasks that keep the feeds pool busy for a while.
+SEND_SLEEPS = """
+import json
+from celery_example.app import app
+print(json.dumps([app.send_task("feed.tasks.sleep", args=[{seconds}]).id for _ in range({count})]))
+"""
 
 
 def test_status_runbook_reports_queues_workers_and_beat():
@@ -27,25 +56,132 @@ def test_status_runbook_reports_queues_workers_and_beat():
         for worker in group("celery_workers"):
             assert re.search(rf"@{worker}: ", result.stdout), worker
         assert f"Beat runs on: {BEAT}" in result.stdout
+        # Every worker is listed with exactly the queues it consumes.
+        for node, queues in expected_queues().items():
+            listed = re.search(rf"{re.escape(node)}: ([a-z0-9_, -]+)", result.stdout)
+            assert listed and sorted(listed.group(1).strip().split(", ")) == queues, (node, result.stdout[-3000:])
     finally:
         amqp_session(WORKER, "celery_worker", [["delete", queue]], BROKER)
+
+
+def test_status_runbook_lists_the_tasks_running_now():
+    # feeds runs two at a time; each sleep stops at its 3 s soft limit.
+    ids = celery_python(CLIENT, SEND_SLEEPS.format(seconds=20, count=24))
+    for _ in range(6):
+        result = run_playbook("playbooks/runbooks/status.yml")
+        assert result.returncode == 0, result.stdout[-3000:]
+        running = re.findall(r"(\S+@\S+): feed\.tasks\.sleep ([0-9a-f-]{36})", result.stdout)
+        if running:
+            break
+    assert running, result.stdout[-3000:]
+    count = int(re.search(r"Tasks running now: (\d+)", result.stdout).group(1))
+    assert count >= len(running) > 0
+    for node, task_id in running:
+        assert node.startswith("feeds@") and task_id in ids, (node, task_id)
+
+
+def test_purge_runbook_needs_the_queue_named_twice():
+    queue = f"purge-{uuid.uuid4().hex[:8]}"
+    assert amqp_session(WORKER, "celery_worker", [["declare", queue], ["publish", queue, 5, "p"]], BROKER)["ok"]
+    try:
+        refused = run_playbook("playbooks/runbooks/purge-queue.yml", "-e", f"runbook_queue={queue}")
+        assert refused.returncode != 0 and "runbook_confirm" in refused.stdout, refused.stdout[-2000:]
+        wrong = run_playbook("playbooks/runbooks/purge-queue.yml", "-e", f"runbook_queue={queue}",
+                             "-e", "runbook_confirm=feeds")
+        assert wrong.returncode != 0 and "runbook_confirm" in wrong.stdout, wrong.stdout[-2000:]
+        time.sleep(6)   # queue statistics refresh every 5 s
+        purged = run_playbook("playbooks/runbooks/purge-queue.yml", "-e", f"runbook_queue={queue}",
+                              "-e", f"runbook_confirm={queue}")
+        assert purged.returncode == 0, purged.stdout[-3000:]
+        assert f"Purged {queue} in vhost celery: 5 ready messages deleted" in purged.stdout, purged.stdout[-2000:]
+        left = amqp_session(WORKER, "celery_worker", [["get", queue, 10]], BROKER)
+        assert left["ok"] and left["result"] == [[]], left
+    finally:
+        amqp_session(WORKER, "celery_worker", [["delete", queue]], BROKER)
+
+
+def _unit_times(worker, unit):
+    """(stopping, started) journal times of a unit's last restart on a host."""
+    out = host(worker).check_output(
+        "journalctl --no-pager --output short-unix --unit %s --since=-20min", unit)
+    stopping = [float(l.split()[0]) for l in out.splitlines() if "Stopping " in l]
+    started = [float(l.split()[0]) for l in out.splitlines() if "Started " in l]
+    return (max(stopping) if stopping else None), (max(started) if started else None)
+
+
+def test_rolling_restart_runbook_restarts_one_host_at_a_time_and_loses_no_task():
+    workers = group("celery_workers")
+    pids = {(w, p): host(w).check_output("systemctl show --property=MainPID --value celery-worker@%s", p)
+            for w in workers for p in pools_of(w)}
+    env = dict(os.environ, ANSIBLE_CONFIG=os.path.join(PROJECT, "ansible.cfg"), ANSIBLE_FORCE_COLOR="0")
+    runbook = subprocess.Popen(
+        ["ansible-playbook", "-i", INVENTORY, f"--extra-vars=@{os.environ['CLUSTER_SECRETS']}",
+         os.path.join(PROJECT, "playbooks/runbooks/rolling-restart.yml")],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    # Tasks of every family while the pools drain and restart: each must run once.
+    families = ["feed.tasks.fetch", "web.tasks.render", "video.tasks.transcode", "image.tasks.thumbnail"]
+    sent = celery_python(CLIENT, f"""
+import json, time
+from celery_example.app import app
+results = []
+for i in range(10):
+    results += [app.send_task(name, args=[i]) for name in {families!r}]
+    results.append(app.send_task("feed.tasks.sleep", args=[2]))
+    time.sleep(3)
+out = []
+for r in results:
+    try:
+        out.append({{"ok": True, "worker": r.get(timeout=400)["worker"]}})
+    except Exception as error:
+        out.append({{"ok": False, "error": repr(error)}})
+print(json.dumps(out))
+""", timeout=600)
+    stdout, _ = runbook.communicate(timeout=900)
+    assert runbook.returncode == 0, stdout[-4000:]
+    assert len(sent) == 50 and all(r["ok"] for r in sent), [r for r in sent if not r["ok"]]
+    # Each host was drained and every one of its pools got a new process...
+    for worker in workers:
+        n = len(pools_of(worker))
+        assert re.search(rf"Rolling restart: {worker} drained and restarted [^']*?new processes:\s+{n}/{n}", stdout,
+                         re.S), stdout[-4000:]
+        for pool in pools_of(worker):
+            now = host(worker).check_output("systemctl show --property=MainPID --value celery-worker@%s", pool)
+            assert now != pids[(worker, pool)], (worker, pool)
+    # ...one host at a time: a host's pools stopped only after the previous host's were back.
+    order = [m.group(1) for m in re.finditer(r"Rolling restart: (\S+) drained", stdout)]
+    assert order == workers, order
+    for before, after in zip(workers, workers[1:]):
+        back = max(_unit_times(before, f"celery-worker@{p}.service")[1] for p in pools_of(before))
+        stopping = min(_unit_times(after, f"celery-worker@{p}.service")[0] for p in pools_of(after))
+        assert back < stopping, (before, back, after, stopping)
+    # And every pool consumes its queues again.
+    assert active_queues() == expected_queues()
 
 
 def _moved_inventory():
     with open(INVENTORY, encoding="utf-8") as handle:
         data = yaml.safe_load(handle)
-    data["celery_beat"]["hosts"] = {NEW_BEAT: data["celery_clients"]["hosts"].pop(NEW_BEAT)}
+    groups = inventory_groups(data)
+    all_hosts = data.setdefault("all", {}).setdefault("hosts", {}) or {}
+    data["all"]["hosts"] = all_hosts
+    keep = all_hosts.get(BEAT) or groups["celery_beat"]["hosts"][BEAT] or {}
+    groups["celery_beat"]["hosts"] = {NEW_BEAT: groups["celery_clients"]["hosts"].pop(NEW_BEAT)}
     # The old beat host leaves the Celery groups but stays in the inventory.
-    data["celery"]["hosts"].pop(BEAT)
+    for name, group_data in groups.items():
+        if name != "all":
+            (group_data.get("hosts") or {}).pop(BEAT, None)
+    all_hosts[BEAT] = keep
     path = os.path.join(os.path.dirname(INVENTORY), "variant-moved-beat.yml")
     with open(path, "w", encoding="utf-8") as handle:
         yaml.safe_dump(data, handle)
     return path
 
 
-def _beat_events(name):
+def _beat_events(name, since):
+    """Beat's starts, stops and every-minute firings on a host since a unix time
+    (an earlier move in the same lab must not count)."""
     out = host(name).check_output(
-        "journalctl --no-pager --output short-unix --unit celery-beat.service --since=-15min")
+        "journalctl --no-pager --output short-unix --unit celery-beat.service --since=@%s", str(int(since)))
     events = []
     for line in out.splitlines():
         stamp = float(line.split()[0])
@@ -64,16 +200,19 @@ def _active(name):
 
 def test_move_beat_runbook_never_runs_two_beats_nor_fires_twice():
     moved = _moved_inventory()
+    since = time.time()
+    minute_start = since // 60 * 60   # an entry sent earlier in this minute must not fire again
     try:
         result = run_playbook("playbooks/runbooks/move-beat.yml", inventory=moved)
         assert result.returncode == 0, result.stdout[-3000:]
         assert _active(NEW_BEAT) and not _active(BEAT)
-        old, new = _beat_events(BEAT), _beat_events(NEW_BEAT)
+        old, new = _beat_events(BEAT, since), _beat_events(NEW_BEAT, since)
         stopped = max(t for t, kind in old if kind == "stop")
         started = min(t for t, kind in new if kind == "start")
         assert stopped <= started, "the new beat started before the old one stopped"
         time.sleep(65)   # let the new beat reach its next minute
-        minutes = [int(t // 60) for t, kind in _beat_events(BEAT) + _beat_events(NEW_BEAT) if kind == "minute"]
+        minutes = [int(t // 60) for t, kind in _beat_events(BEAT, minute_start) + _beat_events(NEW_BEAT, minute_start)
+                   if kind == "minute"]
         assert len(minutes) == len(set(minutes)), "an entry fired twice for one period"
     finally:
         os.remove(moved)
