@@ -93,24 +93,34 @@ def test_1000_queued_tasks_survive_a_restart_of_every_broker():
 
 
 def test_a_task_whose_process_is_killed_is_redelivered_and_completes():
-    result_id = celery_python(PRODUCER, (
-        "import json\nfrom celery_example.app import app\n"
-        "print(json.dumps(app.send_task('feed.tasks.sleep', [30], soft_time_limit=60, time_limit=90).id))"))
+    # The rpc:// result comes back to the process that sent the task: one
+    # process sends, waits and writes the result down, in the background.
+    producer = host(PRODUCER)
+    producer.check_output("rm -f /tmp/killed.id /tmp/killed.result")
+    waiter = ("import json\nfrom celery_example.app import app\n"
+              "r = app.send_task('feed.tasks.sleep', [30], soft_time_limit=60, time_limit=90)\n"
+              "open('/tmp/killed.id', 'w').write(r.id)\n"
+              "open('/tmp/killed.result', 'w').write(json.dumps(r.get(timeout=240)))\n")
+    producer.check_output("(timeout 300 runuser -u celery -- " + CELERY_ENV
+                          + " /opt/celery/venv/bin/python -c %s > /tmp/killed.log 2>&1 &)", waiter)
     # Find the prefork child running it, then SIGKILL it mid-task.
-    pid = None
-    deadline = time.monotonic() + 30
+    pid, task_id = None, None
+    deadline = time.monotonic() + 40
     while pid is None and time.monotonic() < deadline:
+        task_id = task_id or producer.run("cat /tmp/killed.id").stdout.strip() or None
         lines = celery_cli(WORKER, "inspect", "active", "--json", "--timeout", "5",
                            "--destination", f"feeds@{WORKER}").stdout.strip().splitlines()
         for tasks in (json.loads(lines[-1]) if lines and lines[-1].startswith("{") else {}).values():
-            pid = next((t["worker_pid"] for t in tasks if t["id"] == result_id), pid)
+            pid = next((t["worker_pid"] for t in tasks if task_id and t["id"] == task_id), pid)
         time.sleep(0.2)
     assert pid, "the task never started"
     host(WORKER).check_output("kill -KILL %s", str(pid))
-    result = celery_python(PRODUCER, (
-        "import json\nfrom celery_example.app import app\n"
-        f"print(json.dumps(app.AsyncResult({result_id!r}).get(timeout=120)))"), timeout=180)
-    assert result["redelivered"] is True and result["slept"] == 30, result
+    deadline = time.monotonic() + 180
+    while producer.run("test -s /tmp/killed.result").rc != 0 and time.monotonic() < deadline:
+        time.sleep(2)
+    result = json.loads(producer.run("cat /tmp/killed.result").stdout or "{}")
+    assert result.get("redelivered") is True and result.get("slept") == 30, \
+        (result, producer.run("cat /tmp/killed.log").stdout[-1500:])
 
 
 def test_tasks_published_before_during_and_after_a_broker_stop_all_complete():
