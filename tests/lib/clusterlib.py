@@ -138,8 +138,11 @@ def amqp_session(source, user, actions, target, *, secret=None, vhost=VHOST, por
 
 def run_playbook(playbook, *extra, inventory=None, secrets_file=None):
     """Run one of the repository's playbooks against the scenario's hosts."""
+    # The scenario's own extra vars (its admin address, say), as its converge got them.
+    scenario = [f"--extra-vars={os.environ['CLUSTER_EXTRA_VARS']}"] if os.environ.get("CLUSTER_EXTRA_VARS") else []
     cmd = ["ansible-playbook", "-i", inventory or INVENTORY,
-           f"--extra-vars=@{secrets_file or os.environ['CLUSTER_SECRETS']}", os.path.join(PROJECT, playbook), *extra]
+           f"--extra-vars=@{secrets_file or os.environ['CLUSTER_SECRETS']}", *scenario,
+           os.path.join(PROJECT, playbook), *extra]
     env = dict(os.environ, ANSIBLE_CONFIG=os.path.join(PROJECT, "ansible.cfg"), ANSIBLE_FORCE_COLOR="0")
     return subprocess.run(cmd, capture_output=True, text=True, env=env, check=False, timeout=600)
 
