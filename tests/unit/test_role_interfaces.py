@@ -49,3 +49,12 @@ def test_required_inputs_without_default_are_documented(role):
 def test_templates_start_with_the_managed_header(template):
     first = template.read_text(encoding="utf-8").splitlines()[0]
     assert "ansible_managed" in first
+
+
+def test_the_example_application_version_is_the_one_hosts_install():
+    """Hosts pin celery-example==<vars version> and a wheel is built once per
+    version: new example code needs a new version in both places, or hosts keep the old one."""
+    app = ROOT / "roles/celery/files/example_app"
+    pyproject = re.search(r'^version = "([^"]+)"', (app / "pyproject.toml").read_text(), re.MULTILINE).group(1)
+    pinned = yaml.safe_load((ROOT / "roles/celery/vars/main.yml").read_text())["__celery_example_version"]
+    assert pyproject == pinned

@@ -87,12 +87,22 @@ MARKS = "/var/lib/celery/marks"
 
 
 @app.task(name="web.tasks.mark", bind=True)
-def mark(self, token):
+def mark(self, token, seconds=0):
     """Leaves a file named after `token`: the side effect tests look for to
-    tell whether a message was executed."""
+    tell whether a message was executed (after `seconds` of work, so that a
+    test can catch tasks mid-run)."""
     if not token.isalnum():
         raise ValueError("token must be alphanumeric")
+    time.sleep(min(float(seconds), 30))
     os.makedirs(MARKS, exist_ok=True)
     with open(os.path.join(MARKS, token), "w", encoding="ascii") as handle:
         handle.write(socket.gethostname())
     return _where(self, token=token)
+
+
+@app.task(name="feed.tasks.relay", bind=True, ignore_result=True)
+def relay(self, token):
+    """A task that sends another (web.tasks.mark, to the web pool): the worker
+    signs the follow-up with its own key, and the receiving pool verifies it."""
+    mark.apply_async((token,), ignore_result=True)
+    return _where(self, relayed=token)
