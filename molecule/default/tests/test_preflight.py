@@ -21,12 +21,21 @@ def variant(name, edit):
 
 
 def fingerprint():
-    """What a run would change: configuration files and units on the managed hosts."""
+    """What a run would change: configuration files, units, certificates and
+    signer stores on every managed host (the log server included)."""
     return {name: host(name).run(
         "sha256sum /etc/nftables.conf /etc/nftables.d/*.nft /etc/celery/*.py /etc/celery/*.env "
         "/etc/rabbitmq/rabbitmq.conf /etc/systemd/system/celery-* /etc/flower/*.py /etc/systemd/system/flower.service "
+        "/etc/rsyslog.conf /etc/rsyslog.d/* /etc/celery-cluster/pki/* /etc/celery/signers/* "
         "2>/dev/null").stdout
-        for name in group("rabbitmq") + group("celery")}
+        for name in group("rabbitmq") + group("logserver") + group("celery")}
+
+
+def refused_before_any_play(result):
+    """The run stopped in the Preflight play: no later play started, nothing changed."""
+    plays = re.findall(r"^PLAY \[(.*?)\]", result.stdout, re.MULTILINE)
+    assert plays and all("Preflight" in play or "preflight" in play for play in plays), plays
+    assert not re.search(r"changed=[1-9]", result.stdout), result.stdout[-2000:]
 
 
 def two_beats(data):
@@ -51,13 +60,13 @@ def test_beat_group_size_is_refused_before_any_change(edit, message):
         os.remove(inventory)
     assert result.returncode != 0
     assert message in " ".join(result.stdout.split()), result.stdout[-2000:]
-    assert not re.search(r"changed=[1-9]", result.stdout), result.stdout[-2000:]
+    refused_before_any_play(result)
     assert fingerprint() == before
 
 
 # Each bad input, the words the refusal must contain (the variable, and the
-# entry where it applies). Run through the preflight play, which site.yml runs
-# first: a refusal there stops the run before any host changes.
+# entry where it applies). Each case runs the whole site.yml: the refusal must
+# come from its first play and stop the run before any host changes.
 BAD_INPUT = [
     ("guest-user", {"rabbitmq_users": [{"name": "guest", "password": "guest-guest-guest"}]},
      ["rabbitmq_users entry guest", "guest user may not be configured"]),
@@ -84,19 +93,25 @@ BAD_INPUT = [
 
 
 @pytest.fixture(scope="module")
-def untouched():
-    before = fingerprint()
+def converged():
+    """The converged cluster's fingerprint, taken once before the first case."""
+    return fingerprint()
+
+
+@pytest.fixture
+def untouched(converged):
     yield
-    assert fingerprint() == before, "a refused run changed a host"
+    assert fingerprint() == converged, "a refused run changed a host"
 
 
 @pytest.mark.parametrize("case, overrides, words", BAD_INPUT, ids=[c[0] for c in BAD_INPUT])
 def test_bad_input_is_refused_in_preflight_naming_it(untouched, case, overrides, words):
-    result = run_playbook("playbooks/preflight.yml", "--extra-vars", json.dumps(overrides))
+    result = run_playbook("playbooks/site.yml", "--extra-vars", json.dumps(overrides))
     text = " ".join(result.stdout.split())
     assert result.returncode != 0, text[-1500:]
     for word in words:
         assert word in text, f"{case}: {word!r} not in {text[-1500:]}"
+    refused_before_any_play(result)
 
 
 @pytest.mark.parametrize("secret", ["vault_rabbitmq_client_password", "vault_flower_password"])
@@ -107,11 +122,12 @@ def test_an_undefined_vault_secret_is_refused_naming_it(untouched, secret):
     with tempfile.NamedTemporaryFile("w", suffix=".yml", delete=False) as handle:
         yaml.safe_dump(secrets, handle)
     try:
-        result = run_playbook("playbooks/preflight.yml", secrets_file=handle.name)
+        result = run_playbook("playbooks/site.yml", secrets_file=handle.name)
     finally:
         os.remove(handle.name)
     assert result.returncode != 0
     assert secret in result.stdout, result.stdout[-1500:]
+    refused_before_any_play(result)
 
 
 def test_an_unsupported_operating_system_is_refused_naming_the_host(untouched):
@@ -132,7 +148,7 @@ def test_an_unsupported_operating_system_is_refused_naming_the_host(untouched):
 
     inventory = variant("old-os", add_outsider)
     try:
-        result = run_playbook("playbooks/preflight.yml", inventory=inventory)
+        result = run_playbook("playbooks/site.yml", inventory=inventory)
     finally:
         os.remove(inventory)
         box.check_output("rm -f /etc/os-release && ln -s ../usr/lib/os-release /etc/os-release"
@@ -141,3 +157,4 @@ def test_an_unsupported_operating_system_is_refused_naming_the_host(untouched):
     assert result.returncode != 0
     assert f"{outsider} runs Debian 11" in text, text[-1500:]
     assert "only Debian 12 (bookworm) and 13 (trixie) are supported" in text
+    refused_before_any_play(result)
