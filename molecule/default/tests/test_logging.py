@@ -26,12 +26,13 @@ def test_broker_lines_arrive_in_rabbitmq_log():
     assert "celery_worker" in wait_for_remote_log(broker, "rabbitmq", "celery_worker")
 
 
-def test_every_worker_pool_and_beat_have_their_own_file():
+def test_every_worker_pool_beat_and_flower_have_their_own_file():
     expected = [(worker, f"celery-worker-{pool['name']}")
                 for worker in group("celery_workers")
                 for pool in inventory_vars(worker).get("celery_worker_pools", [])]
     expected.append((group("celery_beat")[0], "celery-beat"))
-    assert len(expected) >= 4
+    expected += [(name, "flower") for name in group("flower")]
+    assert len(expected) >= 5
     missing = [f"{source}/{program}.log" for source, program in expected if not remote_log(source, program)]
     assert not missing, f"no lines on the log server in {missing}"
 

@@ -219,3 +219,21 @@ def test_move_beat_runbook_never_runs_two_beats_nor_fires_twice():
         back = run_playbook("playbooks/runbooks/move-beat.yml")
     assert back.returncode == 0, back.stdout[-3000:]
     assert _active(BEAT) and not _active(NEW_BEAT)
+
+
+def test_certificates_runbook_warns_about_certificates_that_expire_soon():
+    # Every certificate is valid for months: nothing within the default window...
+    quiet = run_playbook("playbooks/runbooks/certificates.yml", "--extra-vars", '{"certificates_fail_on_warning": true}')
+    assert quiet.returncode == 0, quiet.stdout[-2000:]
+    assert "Certificates expiring soon: 0" in quiet.stdout
+    assert "EXPIRES SOON" not in quiet.stdout
+    # ...and every one of them within a window of a hundred years.
+    loud = run_playbook("playbooks/runbooks/certificates.yml", "--extra-vars", '{"certificates_warn_days": 36500}')
+    assert loud.returncode == 0, loud.stdout[-2000:]
+    soon = int(re.search(r"Certificates expiring soon: (\d+)", loud.stdout).group(1))
+    assert soon >= len(group("celery")) * 2, loud.stdout[-2000:]  # each host's certificate and its store
+    assert loud.stdout.count("EXPIRES SOON") == soon, loud.stdout[-2000:]  # each listed on its host, marked
+    failing = run_playbook("playbooks/runbooks/certificates.yml", "--extra-vars",
+                           '{"certificates_warn_days": 36500, "certificates_fail_on_warning": true}')
+    assert failing.returncode != 0
+    assert "certificate(s) expire soon" in failing.stdout

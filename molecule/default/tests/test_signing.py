@@ -198,6 +198,17 @@ def test_a_client_without_a_certificate_is_refused():
     assert not without["ok"], "the broker accepted a TLS client without a certificate"
 
 
+def test_a_task_a_worker_sends_is_signed_by_that_worker_and_runs():
+    token = new_token()
+    sent = celery_python(CLIENT, (
+        "import json\nfrom celery_example.app import app\n"
+        f"app.send_task('feed.tasks.relay', [{token!r}], ignore_result=True)\n"
+        "print(json.dumps(True))"))
+    assert sent is True
+    # The client sent feed.tasks.relay; the feeds pool sent web.tasks.mark, signed with its host's key.
+    assert wait_marked(token), "the task a worker sent was not executed"
+
+
 def test_rotation_loses_no_task_and_retires_the_old_certificates():
     before = {name: host(name).check_output("ls %s", STORE).split() for name in CELERY_HOSTS}
     # A message signed with today's key, kept to be sent once its certificate is retired.
@@ -215,8 +226,20 @@ def test_rotation_loses_no_task_and_retires_the_old_certificates():
                         + " /opt/celery/venv/bin/python -c %s > /tmp/rotation.log 2>&1 &)", loop)
     try:
         result = run_playbook("playbooks/runbooks/rotate-signing.yml",
-                              '--extra-vars={"rotate_signing_phases": ["prepare", "switch"]}')
+                              '--extra-vars={"rotate_signing_phases": ["prepare"]}')
         assert result.returncode == 0, result.stdout[-3000:]
+        # Before any host signs with a new key, every store trusts the old and the next certificate of every host.
+        prepared = {name: host(name).check_output("ls %s", STORE).split() for name in CELERY_HOSTS}
+        for name in CELERY_HOSTS:
+            assert set(before[name]) <= set(prepared[name]), (name, before[name], prepared[name])
+            assert len(prepared[name]) == 2 * len(CELERY_HOSTS), (name, prepared[name])
+        result = run_playbook("playbooks/runbooks/rotate-signing.yml",
+                              '--extra-vars={"rotate_signing_phases": ["switch"]}')
+        assert result.returncode == 0, result.stdout[-3000:]
+        # A producer started now signs with the new key, while the old key's are still accepted.
+        switched = new_token()
+        publish("signed", switched)
+        assert wait_marked(switched), "a task signed with the new key did not run after the switch"
     finally:
         client.check_output("touch /tmp/rotation.stop")
     time.sleep(2)
