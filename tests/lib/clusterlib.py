@@ -239,9 +239,10 @@ def http_get(url, *, auth=None, cafile=None, timeout=20):
 
 
 def artifact_path(name):
-    """Where a test keeps what a person may want to look at afterwards: the
-    scenario's ephemeral directory under molecule, else artifacts/ (git-ignored)."""
-    base = os.environ.get("MOLECULE_EPHEMERAL_DIRECTORY") or os.path.join(PROJECT, "artifacts")
-    path = os.path.join(base, "artifacts", name) if os.environ.get("MOLECULE_EPHEMERAL_DIRECTORY") else os.path.join(base, name)
+    """Where a test keeps what a person may want to look at afterwards:
+    artifacts/<scenario>/ in the repository (git-ignored). Not molecule's
+    ephemeral directory: `molecule test` prunes it when the scenario ends."""
+    scenario = os.environ.get("MOLECULE_SCENARIO_NAME", "lab")
+    path = os.path.join(PROJECT, "artifacts", scenario, name)
     os.makedirs(os.path.dirname(path), exist_ok=True)
     return path
