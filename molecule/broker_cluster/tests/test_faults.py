@@ -59,6 +59,16 @@ def queue_depth(queue, seconds=120):
         time.sleep(3)
 
 
+def wait_depth(queue, count, seconds=180):
+    """The queue's message count once it reaches `count`, or the last one read
+    at the deadline. RabbitMQ refreshes queue metrics every few seconds and a
+    quorum queue reports fewer while its members recover: read until it settles."""
+    deadline = time.monotonic() + seconds
+    while (depth := queue_depth(queue)) < count and time.monotonic() < deadline:
+        time.sleep(3)
+    return depth
+
+
 def publish_marks(count):
     """Publish `count` mark tasks from the producer in one process; returns their tokens."""
     tokens = [uuid.uuid4().hex for _ in range(count)]
@@ -86,7 +96,7 @@ def test_1000_queued_tasks_survive_a_restart_of_every_broker():
     pools("stop")
     try:
         tokens = publish_marks(1000)
-        assert queue_depth("web") >= 1000
+        assert (depth := wait_depth("web", 1000)) >= 1000, f"only {depth} of 1000 messages queued"
         before = {broker: broker_pid(broker) for broker in BROKERS}
         for broker in BROKERS:  # all at once: quorum queues come back from disk
             host(broker).check_output("systemctl --no-block restart rabbitmq-server")
@@ -94,12 +104,8 @@ def test_1000_queued_tasks_survive_a_restart_of_every_broker():
         assert wait_cluster(), "the brokers did not form one cluster again"
         after = {broker: broker_pid(broker) for broker in BROKERS}
         assert all(after[b] not in ("0", before[b]) for b in BROKERS), f"not every broker restarted: {before} -> {after}"
-        # Nothing consumed yet: the 1,000 messages come back from disk. While
-        # the queue's members recover their log, it reports fewer.
-        deadline = time.monotonic() + 180
-        while (depth := queue_depth("web")) < 1000 and time.monotonic() < deadline:
-            time.sleep(3)
-        assert depth >= 1000, f"only {depth} of 1000 messages in the web queue after the restart"
+        # Nothing consumed yet: the 1,000 messages come back from disk.
+        assert (depth := wait_depth("web", 1000)) >= 1000, f"only {depth} of 1000 messages after the restart"
     finally:
         pools("start")
     missing = wait_marks(tokens, 300)
