@@ -6,7 +6,6 @@ Tasks are the example's web.tasks.mark(token), which leaves the file
 marks/<token> on the worker that ran it: a task is complete when its file
 exists. Tasks are published by the beat host (a producer) with its own key."""
 import json
-import re
 import subprocess
 import time
 import uuid
@@ -43,32 +42,6 @@ def wait_marks(tokens, seconds):
     return missing
 
 
-def queue_depth(queue, seconds=120):
-    """Messages in a queue. rabbitmqctl exits non-zero when any queue of the
-    vhost does not answer (a transient reply queue whose node was stopped
-    earlier, say) but still prints the others: read the one asked for."""
-    deadline = time.monotonic() + seconds
-    pattern = re.compile(r'"name":"%s","messages":(\d+)' % re.escape(queue))
-    while True:
-        out = host(BROKERS[0]).run("rabbitmqctl --quiet list_queues -p celery name messages --formatter json")
-        found = pattern.search(out.stdout.replace(" ", ""))
-        if found:
-            return int(found.group(1))
-        if time.monotonic() > deadline:
-            raise AssertionError(f"queue {queue} not listed: {out.stdout[-500:]} {out.stderr[-500:]}")
-        time.sleep(3)
-
-
-def wait_depth(queue, count, seconds=180):
-    """The queue's message count once it reaches `count`, or the last one read
-    at the deadline. RabbitMQ refreshes queue metrics every few seconds and a
-    quorum queue reports fewer while its members recover: read until it settles."""
-    deadline = time.monotonic() + seconds
-    while (depth := queue_depth(queue)) < count and time.monotonic() < deadline:
-        time.sleep(3)
-    return depth
-
-
 def publish_marks(count):
     """Publish `count` mark tasks from the producer in one process; returns their tokens."""
     tokens = [uuid.uuid4().hex for _ in range(count)]
@@ -93,19 +66,24 @@ def broker_pid(name):
 
 
 def test_1000_queued_tasks_survive_a_restart_of_every_broker():
+    # The pools are stopped from before the first publish until the brokers
+    # are back: every task that runs afterwards came back from disk. (Queue
+    # counts are no proof here: right after 1,000 confirmed publishes
+    # list_queues reported about 500, its metrics lag.)
     pools("stop")
     try:
         tokens = publish_marks(1000)
-        assert (depth := wait_depth("web", 1000)) >= 1000, f"only {depth} of 1000 messages queued"
         before = {broker: broker_pid(broker) for broker in BROKERS}
         for broker in BROKERS:  # all at once: quorum queues come back from disk
             host(broker).check_output("systemctl --no-block restart rabbitmq-server")
-        time.sleep(5)
-        assert wait_cluster(), "the brokers did not form one cluster again"
-        after = {broker: broker_pid(broker) for broker in BROKERS}
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:
+            after = {broker: broker_pid(broker) for broker in BROKERS}
+            if all(after[b] not in ("0", before[b]) for b in BROKERS):
+                break
+            time.sleep(2)
         assert all(after[b] not in ("0", before[b]) for b in BROKERS), f"not every broker restarted: {before} -> {after}"
-        # Nothing consumed yet: the 1,000 messages come back from disk.
-        assert (depth := wait_depth("web", 1000)) >= 1000, f"only {depth} of 1000 messages after the restart"
+        assert wait_cluster(), "the brokers did not form one cluster again"
     finally:
         pools("start")
     missing = wait_marks(tokens, 300)
