@@ -186,6 +186,12 @@ def inventory_vars(hostname):
     return _runner().get_variables(hostname)
 
 
+def all_marks():
+    """Every token that the example's web.tasks.mark left on any worker host."""
+    return {token for worker in group("celery_workers")
+            for token in host(worker).run("ls /var/lib/celery/marks").stdout.split()}
+
+
 REMOTE_LOG_DIR = "/var/log/remote"
 
 

@@ -3,7 +3,7 @@ import json
 import time
 
 import pytest
-from clusterlib import CELERY_ENV, celery_cli, celery_python, group, host, inventory_vars, run_playbook
+from clusterlib import CELERY_ENV, all_marks, celery_cli, celery_python, group, host, inventory_vars, run_playbook
 
 CLIENT = group("celery_clients")[0]
 MONITOR = group("flower")[0]    # inspect and control belong to the monitoring user
@@ -118,18 +118,12 @@ def test_changing_a_setting_restarts_workers_without_losing_a_task_in_flight():
     tokens = client.check_output("cat /tmp/restart.tokens").split()
     assert len(tokens) >= 40, client.run("cat /tmp/restart.log").stdout[-2000:]
     deadline = time.monotonic() + 180
-    while (missing := set(tokens) - marks()) and time.monotonic() < deadline:
+    while (missing := set(tokens) - all_marks()) and time.monotonic() < deadline:
         time.sleep(3)
     web = host(WORKERS_OF_FEEDS).run("journalctl --no-pager --unit celery-worker@web.service --since=-10min | tail -n 30").stdout
     assert not missing, f"{len(missing)} of {len(tokens)} tasks published across the restart never ran\n{web}"
     restored = run_playbook("playbooks/celery.yml", "--limit", "celery_workers")
     assert restored.returncode == 0, restored.stdout[-3000:]
-
-
-def marks():
-    """Every token marked on any worker host."""
-    return {token for worker in group("celery_workers")
-            for token in host(worker).run("ls /var/lib/celery/marks").stdout.split()}
 
 
 @pytest.mark.parametrize("query", ["registered", "stats"])

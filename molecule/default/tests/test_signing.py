@@ -11,7 +11,7 @@ import time
 import uuid
 
 import pytest
-from clusterlib import CELERY_ENV, amqp_session, celery_python, group, host, run_playbook
+from clusterlib import CELERY_ENV, all_marks, amqp_session, celery_python, group, host, run_playbook
 
 CLIENT = group("celery_clients")[0]
 WORKERS = group("celery_workers")
@@ -80,12 +80,6 @@ def new_token():
 
 def marked(token):
     return [worker for worker in WORKERS if host(worker).file(f"{MARKS}/{token}").exists]
-
-
-def all_marks():
-    """Every token marked on any worker."""
-    return {token for worker in WORKERS
-            for token in host(worker).run("ls %s", MARKS).stdout.split()}
 
 
 def wait_marked(token, deadline=60):
