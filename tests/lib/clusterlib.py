@@ -143,9 +143,10 @@ def run_playbook(playbook, *extra, inventory=None, secrets_file=None):
     cmd = ["ansible-playbook", "-i", inventory or INVENTORY,
            f"--extra-vars=@{secrets_file or os.environ['CLUSTER_SECRETS']}", *scenario,
            os.path.join(PROJECT, playbook), *extra]
-    # The scenario's strategy (linear, .config/molecule/config.yml), not ansible.cfg's Mitogen.
-    env = dict(os.environ, ANSIBLE_CONFIG=os.path.join(PROJECT, "ansible.cfg"), ANSIBLE_FORCE_COLOR="0",
-               ANSIBLE_STRATEGY=os.environ.get("CLUSTER_ANSIBLE_STRATEGY", "linear"))
+    # ansible.cfg's strategy (Mitogen) unless CLUSTER_ANSIBLE_STRATEGY names another (linear).
+    env = dict(os.environ, ANSIBLE_CONFIG=os.path.join(PROJECT, "ansible.cfg"), ANSIBLE_FORCE_COLOR="0")
+    if os.environ.get("CLUSTER_ANSIBLE_STRATEGY"):
+        env["ANSIBLE_STRATEGY"] = os.environ["CLUSTER_ANSIBLE_STRATEGY"]
     return subprocess.run(cmd, capture_output=True, text=True, env=env, check=False, timeout=600)
 
 
