@@ -60,5 +60,6 @@ lint: bootstrap
 unit: bootstrap
 	pytest -q tests/unit
 
+## The first scenario's verify overlaps the others (scripts/molecule-scenarios.sh).
 molecule: bootstrap secrets
-	for scenario in $(SCENARIOS); do molecule test --scenario-name $$scenario; done
+	scripts/molecule-scenarios.sh $(SCENARIOS)

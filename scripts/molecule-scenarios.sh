@@ -1,0 +1,61 @@
+#!/usr/bin/env bash
+# `make molecule`: runs the molecule scenarios given as arguments, each the
+# full `molecule test` sequence (destroy, syntax, create, prepare, converge,
+# idempotence, verify, destroy).
+#
+# Overlapped on purpose: the first scenario (the biggest, `default`) runs in
+# the foreground; once its converge and idempotence are done, the others run
+# one after another in the background while its verify runs. Converges keep
+# both cores busy; the verify mostly waits on tasks, services and timeouts.
+# Each scenario has its own containers, network, CA and artifacts directory,
+# so they share nothing but the Docker engine and the apt cache. The
+# background scenarios' output goes to artifacts/<scenario>/molecule.log and
+# its tail is printed here when one fails.
+#
+# MOLECULE_SEQUENTIAL=1 runs them one after another instead.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+(( $# )) || { echo "usage: $0 SCENARIO..." >&2; exit 2; }
+
+if [[ -n ${MOLECULE_SEQUENTIAL:-} || $# -eq 1 ]]; then
+  for scenario in "$@"; do molecule test --scenario-name "$scenario"; done
+  exit 0
+fi
+
+first=$1
+shift
+rest=("$@")
+
+background() {
+  local scenario
+  for scenario in "${rest[@]}"; do
+    mkdir -p "artifacts/$scenario"
+    echo "molecule: $scenario started in the background at $(date +%T)"
+    if ! molecule test --scenario-name "$scenario" >"artifacts/$scenario/molecule.log" 2>&1; then
+      echo "molecule: $scenario FAILED at $(date +%T); the end of artifacts/$scenario/molecule.log:"
+      tail -n 250 "artifacts/$scenario/molecule.log"
+      return 1
+    fi
+    echo "molecule: $scenario passed at $(date +%T) (artifacts/$scenario/molecule.log)"
+  done
+}
+
+status=0
+bg_pid=
+# The first scenario: up to a converged, idempotent cluster.
+molecule destroy --scenario-name "$first"
+molecule syntax --scenario-name "$first"
+if molecule converge --scenario-name "$first" && molecule idempotence --scenario-name "$first"; then
+  background &
+  bg_pid=$!
+  molecule verify --scenario-name "$first" || status=1
+else
+  status=1
+fi
+molecule destroy --scenario-name "$first" || status=1
+if [[ -n $bg_pid ]]; then
+  wait "$bg_pid" || status=1
+elif (( status == 0 )); then
+  background || status=1
+fi
+exit "$status"
