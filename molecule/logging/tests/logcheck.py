@@ -12,6 +12,9 @@ from clusterlib import group, host, remote_log, wait_for_remote_log
 SERVER = group("logserver")[0]
 WORKER = group("celery_workers")[0]
 PORT = 6514
+# librelp's default window: frames sent and not yet acknowledged (roles/rsyslog_client/README.md).
+RELP_WINDOW = 128
+SPOOL = "/var/spool/rsyslog"   # rsyslog_client_spool_dir
 PKI = "/etc/celery-cluster/pki"
 
 

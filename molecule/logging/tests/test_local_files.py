@@ -2,6 +2,7 @@
 forwarding queue in a spool directory only root can read."""
 import pytest
 from clusterlib import group, host
+from logcheck import SPOOL
 
 MANAGED = group("rabbitmq") + group("logserver") + group("celery")
 
@@ -20,7 +21,7 @@ def test_local_log_files_are_0640_or_stricter(name):
 
 @pytest.mark.parametrize("name", MANAGED)
 def test_queue_spool_is_root_only(name):
-    spool = host(name).file("/var/spool/rsyslog")
+    spool = host(name).file(SPOOL)
     assert (spool.user, spool.mode) == ("root", 0o700)
 
 

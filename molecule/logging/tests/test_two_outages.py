@@ -1,6 +1,6 @@
 """Two server outages in a row, the client never restarted: no gap after the
 second (the failure mode of plain TCP forwarding)."""
-from logcheck import SERVER, WORKER, first_occurrences, log_numbered, remote_text, rsyslog, unique_tag, wait_for_numbers
+from logcheck import RELP_WINDOW, SERVER, WORKER, first_occurrences, log_numbered, remote_text, rsyslog, unique_tag, wait_for_numbers
 
 BATCH = 200
 # RELP is at-least-once: lines the server had acknowledged but whose
@@ -8,7 +8,6 @@ BATCH = 200
 # session breaks. That is at most one RELP window (128 frames) of the lines
 # sent just before the outage, and each repeat is a byte-identical copy
 # (the same frame sent again), so `awk '!seen[$0]++'` removes it.
-RELP_WINDOW = 128
 
 
 def outage(tag, first, last):
