@@ -193,6 +193,14 @@ def all_marks():
             for token in host(worker).run("ls /var/lib/celery/marks").stdout.split()}
 
 
+def wait_marks(tokens, seconds):
+    """Poll until every token left its mark or `seconds` passed; returns the missing ones."""
+    deadline = time.monotonic() + seconds
+    while (missing := set(tokens) - all_marks()) and time.monotonic() < deadline:
+        time.sleep(3)
+    return missing
+
+
 REMOTE_LOG_DIR = "/var/log/remote"
 
 

@@ -10,12 +10,11 @@ import subprocess
 import time
 import uuid
 
-from clusterlib import CELERY_ENV, beat_sent, celery_cli, celery_python, group, host, inventory_vars
+from clusterlib import CELERY_ENV, all_marks, beat_sent, celery_cli, celery_python, group, host, inventory_vars, wait_marks
 
 BROKERS = group("rabbitmq")
 PRODUCER = group("celery_beat")[0]
 WORKER = group("celery_workers")[0]
-MARKS = "/var/lib/celery/marks"
 
 
 def running_nodes(name):
@@ -29,17 +28,6 @@ def wait_cluster(seconds=300):
     while running_nodes(BROKERS[0]) != expected and time.monotonic() < deadline:
         time.sleep(3)
     return running_nodes(BROKERS[0]) == expected
-
-
-def marks():
-    return set(host(WORKER).run("ls %s", MARKS).stdout.split())
-
-
-def wait_marks(tokens, seconds):
-    deadline = time.monotonic() + seconds
-    while (missing := set(tokens) - marks()) and time.monotonic() < deadline:
-        time.sleep(3)
-    return missing
 
 
 def publish_marks(count):
@@ -138,10 +126,10 @@ def test_tasks_published_before_during_and_after_a_broker_stop_all_complete():
     host(first).check_output("systemctl stop rabbitmq-server")
     try:
         time.sleep(3)
-        ran_at_stop = len(marks())
+        ran_at_stop = len(all_marks())
         time.sleep(17)
         during = len(producer.check_output("cat /tmp/flow.tokens").split()) - at_stop
-        ran_during = len(marks()) - ran_at_stop
+        ran_during = len(all_marks()) - ran_at_stop
     finally:
         host(first).check_output("systemctl start rabbitmq-server")
     assert wait_cluster()

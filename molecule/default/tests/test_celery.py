@@ -3,7 +3,7 @@ import json
 import time
 
 import pytest
-from clusterlib import CELERY_ENV, all_marks, celery_cli, celery_python, group, host, inventory_vars, run_playbook
+from clusterlib import CELERY_ENV, celery_cli, celery_python, group, host, inventory_vars, run_playbook, wait_marks
 
 CLIENT = group("celery_clients")[0]
 MONITOR = group("flower")[0]    # inspect and control belong to the monitoring user
@@ -117,9 +117,7 @@ def test_changing_a_setting_restarts_workers_without_losing_a_task_in_flight():
     time.sleep(1)
     tokens = client.check_output("cat /tmp/restart.tokens").split()
     assert len(tokens) >= 40, client.run("cat /tmp/restart.log").stdout[-2000:]
-    deadline = time.monotonic() + 180
-    while (missing := set(tokens) - all_marks()) and time.monotonic() < deadline:
-        time.sleep(3)
+    missing = wait_marks(tokens, 180)
     web = host(WORKERS_OF_FEEDS).run("journalctl --no-pager --unit celery-worker@web.service --since=-10min | tail -n 30").stdout
     assert not missing, f"{len(missing)} of {len(tokens)} tasks published across the restart never ran\n{web}"
     restored = run_playbook("playbooks/celery.yml", "--limit", "celery_workers")

@@ -11,7 +11,7 @@ import time
 import uuid
 
 import pytest
-from clusterlib import CELERY_ENV, all_marks, amqp_session, celery_python, group, host, run_playbook
+from clusterlib import CELERY_ENV, amqp_session, celery_python, group, host, run_playbook, wait_marks
 
 CLIENT = group("celery_clients")[0]
 WORKERS = group("celery_workers")
@@ -239,9 +239,7 @@ def test_rotation_loses_no_task_and_retires_the_old_certificates():
     time.sleep(2)
     tokens = client.check_output("cat /tmp/rotation.tokens").split()
     assert len(tokens) >= 20, client.check_output("cat /tmp/rotation.log")
-    end = time.monotonic() + 120
-    while (missing := set(tokens) - all_marks()) and time.monotonic() < end:
-        time.sleep(2)
+    missing = wait_marks(tokens, 120)
     assert not missing, f"{len(missing)} of {len(tokens)} tasks published during the rotation never ran"
 
     result = run_playbook("playbooks/runbooks/rotate-signing.yml",
