@@ -180,6 +180,7 @@ def floor(packages, wheelhouses):
 
 THROUGHPUT = r"""
 import json, sys, time
+from celery.result import ResultSet
 from celery_example.app import app
 n, families = int(sys.argv[1]), sys.argv[2].split(",")
 for i in range(30):  # warm the pools and the connections
@@ -190,8 +191,11 @@ with app.producer_or_acquire() as producer:
     for i in range(n):
         sent.append((time.time(), app.send_task(families[i % len(families)], [i], producer=producer)))
 published = time.time()
-starts = [(t, r.get(timeout=600)["started"]) for t, r in sent]
+# join_native reads the rpc:// replies as they come; AsyncResult.get() one by
+# one waits up to a second per result once about a hundred are buffered.
+values = ResultSet([r for _, r in sent]).join_native(timeout=600)
 done = time.time()
+starts = [(t, v["started"]) for (t, _), v in zip(sent, values)]
 print(json.dumps({"n": n, "publish_s": published - start, "total_s": done - start,
                   "run_s": max(s for _, s in starts) - start,
                   "latency_s": [s - t for t, s in starts]}))
@@ -261,7 +265,7 @@ def throughput(label, n):
     data = json.loads(out.splitlines()[-1])
     latency = data.pop("latency_s")
     peak = {pool: max(sample.get(pool, 0) for sample in samples) for pool in (samples[0] if samples else {})}
-    # tasks_per_s: until the client has read every result (rpc://, one by one);
+    # tasks_per_s: until the client has read every result (rpc://);
     # started_per_s: until the pools had started the last task (their clocks).
     result = {"serializer": label, "tasks": n, "tasks_per_s": round(n / data["total_s"], 1),
               "started_per_s": round(n / data["run_s"], 1),
@@ -353,7 +357,9 @@ def markdown(r):
     ]
     for pool, idle in sorted(r["rss_idle_mib"].items()):
         rows.append((f"RSS {pool}", f"idle {idle} MiB, load {r['rss_load_mib'].get(pool, '-')} MiB", ""))
-    lines = [f"Benchmark of {r['date']} on {r['machine']} (`make bench`, {r['bench_s']:.0f} s in all).", "",
+    lines = [f"Benchmark of {r['date']} on {r['machine']} (`{r['command']}`, {r['bench_s']:.0f} s in all)."
+             + (f" Fresh converge and package floor from the run of {r['fresh_figures_date']}."
+                if r.get("fresh_figures_date") else ""), "",
              "| figure | value | target |", "| --- | --- | --- |"]
     lines += [f"| {a} | {b} | {c} |" for a, b, c in rows]
     return "\n".join(lines) + "\n"
@@ -364,6 +370,9 @@ def main():
     parser.add_argument("--tasks", type=int, default=2000, help="tasks per throughput run")
     parser.add_argument("--raw", type=int, default=5000, help="messages of the raw AMQP run")
     parser.add_argument("--beat-seconds", type=int, default=190, help="how long to watch beat")
+    parser.add_argument("--reuse-lab", action="store_true",
+                        help="measure on the deployed lab: skip the fresh converges and the package floor "
+                             "(their figures are kept from the previous bench/results.json, with their date)")
     args = parser.parse_args()
     began = time.monotonic()
     OUT.mkdir(exist_ok=True)
@@ -373,13 +382,23 @@ def main():
                           f"{platform.system()} {platform.release()}",
                "command": "make bench"}
 
-    fresh_lab()
-    log("converge of the whole lab from fresh containers")
-    results["converge_fresh_s"], out = timed(playbook("playbooks/site.yml"))
-    log(f"  {results['converge_fresh_s']:.1f} s, changed={recap_changed(out)}")
-    packages = installed_packages()
-    results["packages"] = {name: {"apt": len(p["apt"]), "pip": sum(len(v) for v in p["pip"].values())}
-                           for name, p in packages.items()}
+    kept = ("converge_fresh_s", "converge_fresh_samples_s", "floor_s", "floor_per_host_s", "converge_floor_ratio",
+            "packages")
+    if args.reuse_lab:
+        previous = json.loads((OUT / "results.json").read_text())
+        results.update({key: previous[key] for key in kept})
+        results["fresh_figures_date"] = previous.get("fresh_figures_date", previous["date"])
+        results["command"] = "make bench BENCH_ARGS=--reuse-lab"
+        log("reusing the deployed lab: converge")
+        must(playbook("playbooks/site.yml"))
+    else:
+        fresh_lab()
+        log("converge of the whole lab from fresh containers")
+        results["converge_fresh_s"], out = timed(playbook("playbooks/site.yml"))
+        log(f"  {results['converge_fresh_s']:.1f} s, changed={recap_changed(out)}")
+        packages = installed_packages()
+        results["packages"] = {name: {"apt": len(p["apt"]), "pip": sum(len(v) for v in p["pip"].values())}
+                               for name, p in packages.items()}
 
     log("second converge")
     results["second_converge_s"], out = timed(playbook("playbooks/site.yml"))
@@ -397,18 +416,22 @@ def main():
     results["signed_unsigned_ratio"] = round(signed["tasks_per_s"] / unsigned["tasks_per_s"], 2)
     results["rss_load_mib"] = {pool: max(peak_signed.get(pool, 0), peak_unsigned.get(pool, 0)) for pool in peak_signed}
 
-    wheelhouses = tempfile.mkdtemp(prefix="bench-wheelhouse-")
-    save_wheelhouses(packages, wheelhouses)
-    fresh_lab()
-    log("package floor on fresh containers")
-    results["floor_s"], results["floor_per_host_s"] = floor(packages, wheelhouses)
-    results["floor_per_host_s"] = {k: round(v, 1) for k, v in results["floor_per_host_s"].items()}
-    fresh_lab()
-    log("converge of the whole lab from fresh containers, second sample (leaves the lab deployed)")
-    again, _ = timed(playbook("playbooks/site.yml"))
-    results["converge_fresh_samples_s"] = [round(results["converge_fresh_s"], 1), round(again, 1)]
-    results["converge_fresh_s"] = min(results["converge_fresh_s"], again)
-    results["converge_floor_ratio"] = round(results["converge_fresh_s"] / results["floor_s"], 2)
+    if args.reuse_lab:
+        log("switching the cluster back to signing")
+        must(playbook("playbooks/site.yml"))
+    else:
+        wheelhouses = tempfile.mkdtemp(prefix="bench-wheelhouse-")
+        save_wheelhouses(packages, wheelhouses)
+        fresh_lab()
+        log("package floor on fresh containers")
+        results["floor_s"], results["floor_per_host_s"] = floor(packages, wheelhouses)
+        results["floor_per_host_s"] = {k: round(v, 1) for k, v in results["floor_per_host_s"].items()}
+        fresh_lab()
+        log("converge of the whole lab from fresh containers, second sample (leaves the lab deployed)")
+        again, _ = timed(playbook("playbooks/site.yml"))
+        results["converge_fresh_samples_s"] = [round(results["converge_fresh_s"], 1), round(again, 1)]
+        results["converge_fresh_s"] = min(results["converge_fresh_s"], again)
+        results["converge_floor_ratio"] = round(results["converge_fresh_s"] / results["floor_s"], 2)
     results["targets"] = TARGETS
     results["bench_s"] = time.monotonic() - began
 
