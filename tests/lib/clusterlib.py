@@ -150,6 +150,13 @@ def run_playbook(playbook, *extra, inventory=None, secrets_file=None):
     return subprocess.run(cmd, capture_output=True, text=True, env=env, check=False, timeout=600)
 
 
+def recap_changed(result, name):
+    """The changed count of host `name` in a successful run_playbook result."""
+    found = re.search(rf"^{re.escape(name)}\s+:.* changed=(\d+)", result.stdout.split("PLAY RECAP")[-1], re.M)
+    assert result.returncode == 0 and found, result.stdout[-3000:]
+    return int(found.group(1))
+
+
 CELERY_ENV = "env PYTHONPATH=/etc/celery CELERY_CONFIG_MODULE=celeryconfig"
 
 

@@ -5,7 +5,7 @@ import re
 import time
 import uuid
 
-from clusterlib import amqp_session, group, host, password, run_playbook
+from clusterlib import amqp_session, group, host, password, recap_changed, run_playbook
 
 BROKER = group("rabbitmq")[0]
 CLIENT = group("celery_clients")[0]
@@ -38,12 +38,6 @@ def test_guest_cannot_log_in():
     attempt = amqp_session(CLIENT, "guest", [], BROKER, secret="guest")
     assert not attempt["ok"], attempt
     assert "access_refused" in attempt["error"].lower().replace(" ", "_"), attempt
-
-
-def recap_changed(result, name):
-    found = re.search(rf"^{re.escape(name)}\s+:.* changed=(\d+)", result.stdout.split("PLAY RECAP")[-1], re.M)
-    assert result.returncode == 0 and found, result.stdout[-3000:]
-    return int(found.group(1))
 
 
 def test_a_password_changed_behind_the_bundle_is_set_back_and_the_next_run_changes_nothing():

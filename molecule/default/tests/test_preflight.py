@@ -76,6 +76,8 @@ BAD_INPUT = [
      ["rabbitmq-amqp", "10.0.0.300/24"]),
     ("unknown-group", {"rabbitmq_amqp_allow_groups": ["celery", "wokrers"]},
      ["rabbitmq-amqp", "wokrers", "not an inventory group"]),
+    ("api-user-not-an-administrator", {"rabbitmq_api_user": "celery_worker"},
+     ["rabbitmq_api_user=celery_worker", "administrator tag"]),
     ("pool-on-unrouted-queue", {"celery_worker_pools": [{"name": "stray", "queues": ["nowhere"]}]},
      ["celery_worker_pools consume nowhere"]),
     ("regex-does-not-compile", {"celery_task_routes": [{"regex": "(video|image\\.tasks", "queue": "media"}]},
