@@ -105,8 +105,14 @@ def test_a_task_whose_process_is_killed_is_redelivered_and_completes():
     while producer.run("test -s /tmp/killed.result").rc != 0 and time.monotonic() < deadline:
         time.sleep(2)
     result = json.loads(producer.run("cat /tmp/killed.result").stdout or "{}")
-    assert result.get("redelivered") is True and result.get("slept") == 30, \
-        (result, producer.run("cat /tmp/killed.log").stdout[-1500:])
+    assert result.get("redelivered") is True and result.get("slept") == 30, (
+        result, producer.run("cat /tmp/killed.log").stdout[-1500:],
+        # What became of the task, should it be lost: the waiting client, the
+        # pool's log and the queue.
+        producer.run("pgrep -af killed.id || echo 'the waiting client is gone'").stdout,
+        host(WORKER).run("journalctl -u celery-worker@feeds --since -5min --no-pager | tail -n 40").stdout,
+        host(BROKERS[0]).run("rabbitmqctl --quiet -p celery list_queues name messages_ready "
+                             "messages_unacknowledged consumers").stdout)
 
 
 def test_tasks_published_before_during_and_after_a_broker_stop_all_complete():
