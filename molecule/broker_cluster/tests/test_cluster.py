@@ -4,12 +4,27 @@ import time
 import uuid
 
 import pytest
-from clusterlib import amqp_session, group, host, tcp_open
+from clusterlib import address, amqp_session, group, host, http_get, password, recap_changed, run_playbook, tcp_open
 
 BROKERS = group("rabbitmq")
 PRODUCER = group("celery_beat")[0]
 WORKER = group("celery_workers")[0]
 EXCHANGE = "celery.tasks"
+TASK_QUEUES = ["celery", "feeds", "web", "media"]  # group_vars: cluster_task_queues
+
+
+def _task_topology(name):
+    """{queue: type} of the task queues, and the (queue, routing key) bindings
+    of the task exchange, from the management API as the controller (an admin
+    address) sees it. (`rabbitmqctl list_queues` can hang for a minute on
+    queues led by a node restarted in an earlier test: roles/rabbitmq/README.md.)"""
+    api, auth = f"http://{address(name)}:15672/api", ("admin", password("admin"))
+    status, queues = http_get(f"{api}/queues/celery?columns=name,type", auth=auth)
+    assert status == 200, queues
+    status, bindings = http_get(f"{api}/exchanges/celery/{EXCHANGE}/bindings/source", auth=auth)
+    assert status == 200, bindings
+    return ({q["name"]: q["type"] for q in json.loads(queues) if q["name"] in TASK_QUEUES},
+            {(b["destination"], b["routing_key"]) for b in json.loads(bindings) if b["destination_type"] == "queue"})
 
 
 def _running(name):
@@ -61,3 +76,28 @@ def test_quorum_queue_accepts_and_delivers_with_one_broker_stopped():
         while _running(BROKERS[0]) != {f"rabbit@{b}" for b in BROKERS} and time.monotonic() < deadline:
             time.sleep(3)
     assert _running(BROKERS[0]) == {f"rabbit@{b}" for b in BROKERS}
+
+
+def test_every_task_queue_is_declared_by_the_broker_play_as_a_quorum_queue():
+    # No pool of this scenario consumes `media`: only the broker play declared it.
+    queues, bindings = _task_topology(BROKERS[0])
+    assert queues == {name: "quorum" for name in TASK_QUEUES}
+    assert {(name, name) for name in TASK_QUEUES} <= bindings, bindings
+
+
+def test_no_pool_failed_to_bind_a_task_queue_for_delayed_delivery():
+    # Every pool binds every task queue at start; before the broker play
+    # declared them, the pools logged this for `media` at every start.
+    journal = host(WORKER).check_output("journalctl --no-pager -u 'celery-worker@*'")
+    assert " ready." in journal  # the pools' log it is
+    assert "Failed to bind queue" not in journal
+    assert "Failed to setup delayed delivery" not in journal
+
+
+def test_a_task_queue_deleted_behind_the_bundle_is_declared_again():
+    host(BROKERS[0]).run("rabbitmqctl --quiet delete_queue --vhost celery media")
+    assert "media" not in _task_topology(BROKERS[0])[0]
+    result = run_playbook("playbooks/broker.yml")
+    assert recap_changed(result, BROKERS[0]) >= 1
+    queues, bindings = _task_topology(BROKERS[0])
+    assert queues.get("media") == "quorum" and ("media", "media") in bindings, (queues, bindings)

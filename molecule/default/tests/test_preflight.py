@@ -78,6 +78,8 @@ BAD_INPUT = [
      ["rabbitmq-amqp", "wokrers", "not an inventory group"]),
     ("api-user-not-an-administrator", {"rabbitmq_api_user": "celery_worker"},
      ["rabbitmq_api_user=celery_worker", "administrator tag"]),
+    ("task-exchange-named-as-a-queue", {"rabbitmq_task_exchange": "feeds"},
+     ["rabbitmq_task_exchange=feeds", "not the name of a queue"]),
     ("pool-on-unrouted-queue", {"celery_worker_pools": [{"name": "stray", "queues": ["nowhere"]}]},
      ["celery_worker_pools consume nowhere"]),
     ("regex-does-not-compile", {"celery_task_routes": [{"regex": "(video|image\\.tasks", "queue": "media"}]},
