@@ -4,13 +4,14 @@ import time
 import uuid
 
 import pytest
-from clusterlib import address, amqp_session, group, host, http_get, password, recap_changed, run_playbook, tcp_open
+from clusterlib import (address, amqp_session, group, host, http_get, inventory_vars, password, recap_changed,
+                        run_playbook, tcp_open)
 
 BROKERS = group("rabbitmq")
 PRODUCER = group("celery_beat")[0]
 WORKER = group("celery_workers")[0]
 EXCHANGE = "celery.tasks"
-TASK_QUEUES = ["celery", "feeds", "web", "media"]  # group_vars: cluster_task_queues
+TASK_QUEUES = inventory_vars(BROKERS[0])["cluster_task_queues"]  # celery, feeds, web, media
 
 
 def _task_topology(name):

@@ -80,6 +80,8 @@ BAD_INPUT = [
      ["rabbitmq_api_user=celery_worker", "administrator tag"]),
     ("task-exchange-named-as-a-queue", {"rabbitmq_task_exchange": "feeds"},
      ["rabbitmq_task_exchange=feeds", "not the name of a queue"]),
+    ("task-queues-without-api-user", {"rabbitmq_api_user": ""},
+     ["rabbitmq_task_queues=", "declaring the queues needs rabbitmq_api_user"]),
     ("pool-on-unrouted-queue", {"celery_worker_pools": [{"name": "stray", "queues": ["nowhere"]}]},
      ["celery_worker_pools consume nowhere"]),
     ("regex-does-not-compile", {"celery_task_routes": [{"regex": "(video|image\\.tasks", "queue": "media"}]},
