@@ -105,10 +105,10 @@ def test_queue_runbook_prints_names_and_counts():
             result = run_playbook("playbooks/runbooks/queues.yml")
             assert result.returncode == 0, result.stdout + result.stderr
             row = next(line for line in result.stdout.splitlines() if queue in line)
-            if row.split()[-4:] == ["quorum", "3", "3", "0"]:
+            if row.split()[-5:] == ["quorum", "running", "3", "3", "0"]:
                 break
             time.sleep(3)
-        assert row.split()[-4:] == ["quorum", "3", "3", "0"], row
+        assert row.split()[-5:] == ["quorum", "running", "3", "3", "0"], row
     finally:
         amqp_session(WORKER, "celery_worker", [["delete", queue]], BROKER)
 
