@@ -1,13 +1,18 @@
-"""The rotate-credentials runbook on a cluster of three brokers: every broker
-user gets its new password from the vault file (users are cluster-wide),
-the old ones are refused everywhere, the Celery services restart with the new
-ones and tasks flow. Runs after the other files (pytest's order) and rotates
-back to the scenario's own secrets at the end, so the scenario stays usable."""
+"""Day-2 runbooks on a cluster of three brokers, each run for real and undone
+at the end so the scenario stays usable. Runs after the other files
+(pytest's order): test_cluster.py needs `media` unconsumed.
+
+- add-workers: a pool added to the inventory consumes its queue and runs its
+  tasks; dropped from the inventory again, it is stopped and disabled.
+- rotate-credentials: every broker user gets its new password from the vault
+  file (users are cluster-wide), the old ones are refused everywhere, the
+  Celery services restart with the new ones and tasks flow."""
+import json
 import secrets as token
 import time
 
 import yaml
-from clusterlib import amqp_session, celery_python, group, host, run_playbook, secrets
+from clusterlib import amqp_session, celery_python, group, host, inventory_vars, run_playbook, secrets
 
 BROKERS = group("rabbitmq")
 PRODUCER = group("celery_beat")[0]
@@ -19,8 +24,45 @@ ROTATED = {"admin": "vault_rabbitmq_admin_password", "celery_worker": "vault_rab
 SEND = """
 import json
 from celery_example.app import app
-print(json.dumps(app.send_task("feed.tasks.fetch", args=[7]).get(timeout=60)))
+print(json.dumps(app.send_task("{task}", args=[7]).get(timeout=60)))
 """
+
+
+def _send(task, within=90):
+    """Send one task from the beat host and return its result; retried while
+    services that just restarted come up."""
+    deadline = time.monotonic() + within
+    while True:
+        try:
+            return celery_python(PRODUCER, SEND.format(task=task), timeout=80)
+        except AssertionError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(5)
+
+
+def _unit_state(name, unit):
+    return host(name).run("systemctl is-active %s", unit).stdout.strip(), \
+        host(name).run("systemctl is-enabled %s", unit).stdout.strip()
+
+
+def test_add_workers_runbook_starts_a_new_pool_and_a_dropped_one_stops():
+    pools = inventory_vars(WORKER)["celery_worker_pools"]
+    assert "media" not in [pool["name"] for pool in pools]
+    added = pools + [{"name": "media", "queues": ["media"], "concurrency": 1}]
+    try:
+        result = run_playbook("playbooks/runbooks/add-workers.yml", "-e", json.dumps({"celery_worker_pools": added}))
+        assert result.returncode == 0, result.stdout[-4000:]
+        assert f"media@{WORKER} consumes media" in result.stdout, result.stdout[-3000:]
+        assert _unit_state(WORKER, "celery-worker@media.service") == ("active", "enabled")
+        for task in ("video.tasks.transcode", "image.tasks.thumbnail"):
+            done = _send(task)
+            assert done["worker"] == f"media@{WORKER}" and done["routing_key"] == "media", done
+    finally:
+        dropped = run_playbook("playbooks/runbooks/add-workers.yml")
+        assert dropped.returncode == 0, dropped.stdout[-4000:]
+    assert f"feeds@{WORKER} consumes feeds" in dropped.stdout and "media@" not in dropped.stdout, dropped.stdout[-3000:]
+    assert _unit_state(WORKER, "celery-worker@media.service") == ("inactive", "disabled")
 
 
 def _celery_pids(name):
@@ -55,15 +97,7 @@ def test_rotate_credentials_runbook_gives_every_broker_user_its_new_password(tmp
         for name, pids in before.items():
             assert set(after[name]) == set(pids), (name, pids, after[name])
             assert all(after[name][unit] != pid for unit, pid in pids.items()), (name, pids, after[name])
-        deadline = time.monotonic() + 90
-        while True:
-            try:
-                done = celery_python(PRODUCER, SEND, timeout=80)
-                break
-            except AssertionError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(5)
+        done = _send("feed.tasks.fetch")
         assert done["worker"] == f"feeds@{WORKER}" and done["routing_key"] == "feeds", done
     finally:
         back = run_playbook("playbooks/runbooks/rotate-credentials.yml")
