@@ -1,0 +1,41 @@
+"""The log server's logrotate configuration, run for real: a received file
+rotates, rsyslog reopens its files (the postrotate HUP), the next line goes
+to a new file with the log group's mode, and the older generation is
+compressed one rotation later (delaycompress)."""
+from clusterlib import host
+from logcheck import REMOTE_DIR, SERVER, WORKER, remote_file, unique_tag, wait_for_text
+
+LOGROTATE = "/etc/logrotate.d/rsyslog-server"   # the role's __rsyslog_server_logrotate_file
+LOG_GROUP = "logadmin"
+
+
+def test_a_received_file_rotates_and_the_next_line_goes_to_a_new_file():
+    tag = unique_tag("rotate")
+    host(WORKER).check_output("logger -t %s %s", tag, "before rotation")
+    wait_for_text(WORKER, tag, "before rotation")
+    path = remote_file(WORKER, tag)
+    server = host(SERVER)
+    # The installed configuration covers the file (--debug changes nothing).
+    plan = server.run("logrotate --debug --force %s", LOGROTATE)
+    assert f"considering log {path}" in plan.stdout + plan.stderr, plan.stderr[-2000:]
+    # Its directives, applied to this one file only: forcing every received
+    # file would cut the files other tests of this scenario read.
+    config = server.file(LOGROTATE).content_string
+    pattern = f"{REMOTE_DIR}/*/*.log {{"
+    assert pattern in config, config
+    narrowed, state = "/root/logrotate-test.conf", "/root/logrotate-test.state"
+    server.check_output("printf %s %s > %s", "%s", config.replace(pattern, f"{path} {{"), narrowed)
+    try:
+        server.check_output("logrotate --force --state %s %s", state, narrowed)
+        assert "before rotation" in server.file(f"{path}.1").content_string
+        host(WORKER).check_output("logger -t %s %s", tag, "after rotation")
+        text = wait_for_text(WORKER, tag, "after rotation")
+        assert "before rotation" not in text, text
+        assert "after rotation" not in server.file(f"{path}.1").content_string
+        current = server.file(path)
+        assert (current.user, current.group, current.mode) == ("root", LOG_GROUP, 0o640)
+        server.check_output("logrotate --force --state %s %s", state, narrowed)
+        assert "before rotation" in server.check_output("zcat %s", f"{path}.2.gz")
+        assert "after rotation" in server.file(f"{path}.1").content_string
+    finally:
+        server.run("rm -f %s %s", narrowed, state)
