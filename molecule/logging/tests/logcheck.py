@@ -16,6 +16,7 @@ PORT = 6514
 RELP_WINDOW = 128
 SPOOL = "/var/spool/rsyslog"   # rsyslog_client_spool_dir
 PKI = "/etc/celery-cluster/pki"
+LOG_GROUP = "logadmin"   # rsyslog_server_log_group
 
 
 def unique_tag(name):

@@ -2,10 +2,8 @@
 readable by root and the log group only, under the sender's own name."""
 import pytest
 from clusterlib import group, host
-from logcheck import (PKI, REMOTE_DIR, SERVER, WORKER, relp_send, remote_file, remote_text, unique_tag,
+from logcheck import (LOG_GROUP, PKI, REMOTE_DIR, SERVER, WORKER, relp_send, remote_file, remote_text, unique_tag,
                       wait_for_text)
-
-LOG_GROUP = "logadmin"
 
 
 def test_logger_line_on_worker_arrives_in_its_host_and_program_file():

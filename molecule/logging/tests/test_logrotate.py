@@ -3,10 +3,9 @@ rotates, rsyslog reopens its files (the postrotate HUP), the next line goes
 to a new file with the log group's mode, and the older generation is
 compressed one rotation later (delaycompress)."""
 from clusterlib import host
-from logcheck import REMOTE_DIR, SERVER, WORKER, remote_file, unique_tag, wait_for_text
+from logcheck import LOG_GROUP, REMOTE_DIR, SERVER, WORKER, remote_file, unique_tag, wait_for_text
 
 LOGROTATE = "/etc/logrotate.d/rsyslog-server"   # the role's __rsyslog_server_logrotate_file
-LOG_GROUP = "logadmin"
 
 
 def test_a_received_file_rotates_and_the_next_line_goes_to_a_new_file():
