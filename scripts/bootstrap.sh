@@ -17,6 +17,10 @@ dpkg -s debian-archive-keyring >/dev/null 2>&1 || need_pkgs+=(debian-archive-key
 command -v chromium >/dev/null 2>&1 || need_pkgs+=(chromium)
 command -v chromedriver >/dev/null 2>&1 || need_pkgs+=(chromium-driver)
 command -v certutil >/dev/null 2>&1 || need_pkgs+=(libnss3-tools)
+# The SSH scenario (scripts/ssh-scenario.sh): an operator account with a
+# venv of Debian's python3, reaching its hosts with OpenSSH.
+command -v ssh >/dev/null 2>&1 || need_pkgs+=(openssh-client)
+/usr/bin/python3 -c 'import ensurepip' >/dev/null 2>&1 || need_pkgs+=(python3-venv)
 if [ "${#need_pkgs[@]}" -gt 0 ]; then
   log "installing ${need_pkgs[*]} from Debian"
   export DEBIAN_FRONTEND=noninteractive

@@ -1,6 +1,7 @@
 """Helpers of the logging tests: numbered lines written on a host with
 logger(1), read back from the log server, and a minimal RELP-over-TLS client
 that runs on a host with a certificate of our choosing."""
+import base64
 import json
 import re
 import time
@@ -81,8 +82,8 @@ def rsyslog_active(name):
 # open, one syslog frame, and the server's answer to it. The server's
 # certificate is not checked: the probe plays a sender, not a victim.
 _RELP = r"""
-import json, socket, ssl, sys
-spec = json.loads(sys.argv[1])
+import base64, json, socket, ssl, sys
+spec = json.loads(base64.b64decode(sys.argv[1]))
 def frame(txnr, command, data):
     data = data.encode()
     return ("%d %s %d" % (txnr, command, len(data))).encode() + (b" " + data if data else b"") + b"\n"
@@ -106,8 +107,23 @@ print(json.dumps(result))
 """
 
 
+def _hidden(text):
+    """`text` as it may appear on a command line run through sudo: sudo logs
+    every command line, and those lines reach the log server too (sudo.log),
+    so a marker written there in clear would be found by the very check that
+    it never arrived."""
+    return base64.b64encode(text.encode()).decode()
+
+
 def relp_send(source, line, cert, key, target=None):
     """Send one syslog line over RELP/TLS from `source` presenting cert/key."""
     spec = {"host": target or SERVER, "port": PORT, "cert": cert, "key": key, "line": line}
-    out = host(source).check_output("python3 -c %s %s", _RELP, json.dumps(spec))
+    out = host(source).check_output("python3 -c %s %s", _RELP, _hidden(json.dumps(spec)))
     return json.loads(out.splitlines()[-1])
+
+
+def server_files_with(marker, *paths):
+    """The *.log files under `paths` on the log server that contain marker."""
+    out = host(SERVER).run('m=$(echo %s | base64 -d) && grep -rl --include=*.log -- "$m" ' + " ".join(["%s"] * len(paths)),
+                           _hidden(marker), *paths).stdout
+    return sorted(set(out.split()))

@@ -2,8 +2,8 @@
 readable by root and the log group only, under the sender's own name."""
 import pytest
 from clusterlib import group, host
-from logcheck import (LOG_GROUP, PKI, REMOTE_DIR, SERVER, WORKER, relp_send, remote_file, remote_text, unique_tag,
-                      wait_for_text)
+from logcheck import (LOG_GROUP, PKI, REMOTE_DIR, SERVER, WORKER, relp_send, remote_file, remote_text, server_files_with,
+                      unique_tag, wait_for_text)
 
 
 def test_logger_line_on_worker_arrives_in_its_host_and_program_file():
@@ -50,13 +50,12 @@ def test_forged_hostname_and_tag_stay_inside_the_senders_directory():
     answer = relp_send(WORKER, line, f"{PKI}/syslog.crt", f"{PKI}/syslog.key")
     assert answer["acked"], answer
     server = host(SERVER)
-    hits = ""
+    files = []
     for _ in range(30):
-        hits = server.run("grep -rl -- %s %s /tmp /var/log --include=*.log", marker, REMOTE_DIR).stdout
-        if hits:
+        files = server_files_with(marker, REMOTE_DIR, "/tmp", "/var/log")
+        if files:
             break
         server.run("sleep 1")
-    files = sorted(set(hits.split()))
     assert files, "the forged line never arrived"
     assert all(path.startswith(f"{REMOTE_DIR}/{WORKER}/") for path in files), files
     assert server.run("find / -xdev -name escape -newer %s", REMOTE_DIR).stdout == ""
