@@ -33,6 +33,19 @@ def fresh_ssh(name, *extra):
                           capture_output=True, text=True, timeout=60, check=False)
 
 
+def run_linear(playbook, *extra):
+    """run_playbook under Ansible's own linear strategy instead of Mitogen."""
+    saved = os.environ.get("CLUSTER_ANSIBLE_STRATEGY")
+    os.environ["CLUSTER_ANSIBLE_STRATEGY"] = "linear"
+    try:
+        return run_playbook(playbook, *extra)
+    finally:
+        if saved is None:
+            os.environ.pop("CLUSTER_ANSIBLE_STRATEGY")
+        else:
+            os.environ["CLUSTER_ANSIBLE_STRATEGY"] = saved
+
+
 def table_digests():
     return {name: hashlib.sha256(host(name).check_output("nft list table inet %s", TABLE).encode()).hexdigest()
             for name in MANAGED}
@@ -118,15 +131,7 @@ def test_a_changed_list_reloads_a_canary_first_and_every_host_stays_reachable():
     the production path is proven under both (converge used Mitogen)."""
     before = table_digests()
     wider = '--extra-vars={"firewall_admin_cidrs": ["%s", "192.0.2.0/24"]}' % ADMIN_CIDRS[0]
-    env_strategy = os.environ.get("CLUSTER_ANSIBLE_STRATEGY")
-    os.environ["CLUSTER_ANSIBLE_STRATEGY"] = "linear"
-    try:
-        result = run_playbook("playbooks/firewall.yml", wider)
-    finally:
-        if env_strategy is None:
-            os.environ.pop("CLUSTER_ANSIBLE_STRATEGY")
-        else:
-            os.environ["CLUSTER_ANSIBLE_STRATEGY"] = env_strategy
+    result = run_linear("playbooks/firewall.yml", wider)
     try:
         assert result.returncode == 0, result.stdout[-4000:]
         changed = table_digests()
@@ -144,3 +149,20 @@ def test_a_changed_list_reloads_a_canary_first_and_every_host_stays_reachable():
     again = run_playbook("playbooks/firewall.yml")
     for name in MANAGED:
         assert recap_changed(again, name) == 0
+
+
+def test_linear_strategy_runs_the_controller_side_without_sudo_and_leaves_nothing_behind():
+    """celery.yml under Ansible's linear strategy, from this unprivileged
+    account, with `ansible_become: true` for all (which localhost inherits):
+    its controller-side tasks (the wheelhouse) must not try sudo on the
+    controller, the run changes nothing, and no root-owned file is left in
+    deploy's remote temporary directory (a root-owned __pycache__ there once
+    made Ansible fail to clean up)."""
+    result = run_linear("playbooks/celery.yml")
+    assert "-> localhost" in result.stdout, "no controller-side task ran"
+    for name in group("celery"):
+        assert recap_changed(result, name) == 0, name
+    assert "Error deleting remote temporary files" not in result.stdout + result.stderr
+    for name in group("celery"):
+        leftovers = host(name).check_output("find /home/deploy/.ansible/tmp -user root 2>/dev/null || true")
+        assert leftovers == "", f"{name}: {leftovers}"
