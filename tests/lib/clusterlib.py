@@ -169,9 +169,10 @@ def celery_python(source_host, code, timeout=120):
 
 
 def celery_cli(source_host, *args):
-    """The celery command line of the host's app, as the celery user."""
+    """The celery command line of the host's app (through the entry module,
+    celery_cluster, as the services run it), as the celery user."""
     return host(source_host).run(
-        "runuser -u celery -- " + CELERY_ENV + " /opt/celery/venv/bin/celery --app celery_example " + " ".join(["%s"] * len(args)),
+        "runuser -u celery -- " + CELERY_ENV + " /opt/celery/venv/bin/celery --app celery_cluster " + " ".join(["%s"] * len(args)),
         *args)
 
 

@@ -35,7 +35,7 @@ def publish_marks(count):
     tokens = [uuid.uuid4().hex for _ in range(count)]
     host(PRODUCER).check_output("printf '%%s\\n' %s > /tmp/tokens", " ".join(tokens))
     celery_python(PRODUCER, (
-        "import json\nfrom celery_example.app import app\n"
+        "import json\nfrom celery_cluster import app\n"
         "tokens = open('/tmp/tokens').read().split()\n"
         "with app.producer_or_acquire() as producer:\n"
         "    for t in tokens:\n"
@@ -83,7 +83,7 @@ def test_a_task_whose_process_is_killed_is_redelivered_and_completes():
     # process sends, waits and writes the result down, in the background.
     producer = host(PRODUCER)
     producer.check_output("rm -f /tmp/killed.id /tmp/killed.result")
-    waiter = ("import json\nfrom celery_example.app import app\n"
+    waiter = ("import json\nfrom celery_cluster import app\n"
               "r = app.send_task('feed.tasks.sleep', [30], soft_time_limit=60, time_limit=90)\n"
               "open('/tmp/killed.id', 'w').write(r.id)\n"
               "open('/tmp/killed.result', 'w').write(json.dumps(r.get(timeout=240)))\n")
@@ -117,7 +117,7 @@ def test_a_task_whose_process_is_killed_is_redelivered_and_completes():
 
 def test_tasks_published_before_during_and_after_a_broker_stop_all_complete():
     first = BROKERS[0]  # first in every host's failover list: clients must move
-    loop = ("import json, time, uuid\nfrom celery_example.app import app\n"
+    loop = ("import json, time, uuid\nfrom celery_cluster import app\n"
             "out = open('/tmp/flow.tokens', 'a', buffering=1)\n"
             "for i in range(240):\n"
             "    t = uuid.uuid4().hex\n"

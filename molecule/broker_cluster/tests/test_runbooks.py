@@ -25,7 +25,7 @@ ROTATED = {"admin": "vault_rabbitmq_admin_password", "celery_worker": "vault_rab
 
 SEND = """
 import json
-from celery_example.app import app
+from celery_cluster import app
 print(json.dumps(app.send_task("{task}", args=[7]).get(timeout=60)))
 """
 

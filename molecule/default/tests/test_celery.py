@@ -24,7 +24,7 @@ def pools_by_queue():
 
 SEND = """
 import json
-from celery_example.app import app
+from celery_cluster import app
 calls = {calls}
 results = [app.send_task(name, args=args) for name, args in calls]
 out = []
@@ -95,7 +95,7 @@ def test_changing_a_setting_restarts_workers_without_losing_a_task_in_flight():
     # Each leaves a mark on the worker that ran it: none may be missing.
     client = host(CLIENT)
     client.check_output("rm -f /tmp/restart.stop /tmp/restart.tokens")
-    loop = ("import os, time, uuid\nfrom celery_example.app import app\n"
+    loop = ("import os, time, uuid\nfrom celery_cluster import app\n"
             "out = open('/tmp/restart.tokens', 'a', buffering=1)\n"
             "while not os.path.exists('/tmp/restart.stop'):\n"
             "    t = uuid.uuid4().hex\n    app.send_task('web.tasks.mark', [t, 0.5], ignore_result=True)\n"

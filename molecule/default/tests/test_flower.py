@@ -134,7 +134,7 @@ def test_celery_events_carry_every_pool():
     workers send events, and the monitoring user may consume them."""
     code = """
 import json, time
-from celery_example.app import app
+from celery_cluster import app
 seen = set()
 def on_event(event):
     seen.add(event.get('hostname'))
@@ -158,7 +158,7 @@ def pool_kinds():
 
 SEND_MARKED = """
 import json
-from celery_example.app import app
+from celery_cluster import app
 names = {names!r}
 results = [app.send_task(name, args=["{marker}"]) for name in names]
 print(json.dumps([[r.id, r.get(timeout=60)["worker"]] for r in results]))

@@ -37,7 +37,7 @@ def active_queues():
 # Fire and forget: tasks that keep the feeds pool busy for a while.
 SEND_SLEEPS = """
 import json
-from celery_example.app import app
+from celery_cluster import app
 print(json.dumps([app.send_task("feed.tasks.sleep", args=[{seconds}]).id for _ in range({count})]))
 """
 
@@ -122,7 +122,7 @@ def test_rolling_restart_runbook_restarts_one_host_at_a_time_and_loses_no_task()
     families = ["feed.tasks.fetch", "web.tasks.render", "video.tasks.transcode", "image.tasks.thumbnail"]
     sent = celery_python(CLIENT, f"""
 import json, time
-from celery_example.app import app
+from celery_cluster import app
 results = []
 for i in range(10):
     results += [app.send_task(name, args=[i]) for name in {families!r}]

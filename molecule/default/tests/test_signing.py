@@ -24,7 +24,7 @@ PKI = "/etc/celery-cluster/pki"
 # Runs on the client with its Celery app (its key, its broker user).
 _PUBLISH = r"""
 import base64, datetime, json
-from celery_example.app import app
+from celery_cluster import app
 from kombu.serialization import dumps
 spec = json.loads(%r)
 token, task_id = spec["token"], spec["id"]
@@ -92,7 +92,7 @@ def wait_marked(token, deadline=60):
 def test_a_signed_task_runs_and_its_signed_result_comes_back():
     token = new_token()
     result = celery_python(CLIENT, (
-        "import json\nfrom celery_example.app import app\n"
+        "import json\nfrom celery_cluster import app\n"
         f"r = app.send_task('web.tasks.mark', [{token!r}])\n"
         "print(json.dumps(r.get(timeout=60)))"))
     assert result["token"] == token and result["routing_key"] == "web"
@@ -161,7 +161,7 @@ def test_workers_verify_the_broker_certificate():
     worker = WORKERS[0]
     # The generated configuration requires a verified broker certificate...
     conf = celery_python(worker, (
-        "import json, ssl\nfrom celery_example.app import app\n"
+        "import json, ssl\nfrom celery_cluster import app\n"
         "s = app.conf.broker_use_ssl\n"
         "print(json.dumps({'required': s['cert_reqs'] == ssl.CERT_REQUIRED, 'ca': s['ca_certs']}))"))
     assert conf == {"required": True, "ca": f"{PKI}/ca.crt"}
@@ -170,7 +170,7 @@ def test_workers_verify_the_broker_certificate():
         "import json, ssl, tempfile, datetime\n"
         "from cryptography import x509\nfrom cryptography.hazmat.primitives import hashes, serialization\n"
         "from cryptography.hazmat.primitives.asymmetric import rsa\nfrom cryptography.x509.oid import NameOID\n"
-        "from celery_example.app import app\n"
+        "from celery_cluster import app\n"
         "k = rsa.generate_private_key(public_exponent=65537, key_size=2048)\n"
         "n = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, 'other-ca')])\n"
         "now = datetime.datetime.now(datetime.timezone.utc)\n"
@@ -195,7 +195,7 @@ def test_a_client_without_a_certificate_is_refused():
 def test_a_task_a_worker_sends_is_signed_by_that_worker_and_runs():
     token = new_token()
     sent = celery_python(CLIENT, (
-        "import json\nfrom celery_example.app import app\n"
+        "import json\nfrom celery_cluster import app\n"
         f"app.send_task('feed.tasks.relay', [{token!r}], ignore_result=True)\n"
         "print(json.dumps(True))"))
     assert sent is True
@@ -211,7 +211,7 @@ def test_rotation_loses_no_task_and_retires_the_old_certificates():
     # A producer publishing throughout the switch (it keeps the key it started with).
     client = host(CLIENT)
     client.check_output("rm -f /tmp/rotation.stop /tmp/rotation.tokens")
-    loop = ("import time, os, uuid\nfrom celery_example.app import app\n"
+    loop = ("import time, os, uuid\nfrom celery_cluster import app\n"
             "out = open('/tmp/rotation.tokens', 'a', buffering=1)\n"
             "while not os.path.exists('/tmp/rotation.stop'):\n"
             "    t = uuid.uuid4().hex\n    app.send_task('web.tasks.mark', [t], ignore_result=True)\n"

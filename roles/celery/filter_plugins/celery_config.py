@@ -182,7 +182,7 @@ def celery_python_config(settings, broker_urls, ssl_options=None, extra=None):
     put("enable_utc", bool(settings["celery_enable_utc"]))
 
     lines.append("")
-    lines.append("# Serializers and message signing (the app calls app.setup_security()).")
+    lines.append("# Serializers and message signing (celery_cluster calls app.setup_security()).")
     put("task_serializer", settings["celery_task_serializer"])
     put("accept_content", list(settings["celery_accept_content"]))
     put("event_serializer", settings["celery_event_serializer"])
