@@ -21,8 +21,14 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 (( $# )) || { echo "usage: $0 SCENARIO..." >&2; exit 2; }
 
+unmanaged() {
+  python3 -c 'import sys, yaml
+config = yaml.safe_load(open(sys.argv[1]))
+sys.exit(0 if (config.get("driver") or {}).get("options", {}).get("managed", True) is False else 1)' "molecule/$1/molecule.yml"
+}
+
 scenario_test() {
-  if grep -q '^    managed: false' "molecule/$1/molecule.yml"; then
+  if unmanaged "$1"; then
     scripts/ssh-scenario.sh "$1"
   else
     molecule test --scenario-name "$1"
@@ -59,6 +65,9 @@ background() {
     one_in_background "$scenario" &
     pids+=($!)
   done
+  # Interrupted (CI cancelled, ^C): stop them too, so that no scenario
+  # keeps its containers running unattended.
+  trap 'kill "${pids[@]}" 2>/dev/null' INT TERM
   for pid in "${pids[@]}"; do wait "$pid" || failed=1; done
   return "$failed"
 }

@@ -45,7 +45,7 @@ log "copying the project to $project"
 rm -rf "$project"
 as_user mkdir -p "$project/.lab"
 (cd "$here" && git ls-files -z --cached --others --exclude-standard \
-   | while IFS= read -r -d '' f; do [ -e "$f" ] || [ -L "$f" ] && printf '%s\0' "$f"; done \
+   | while IFS= read -r -d '' f; do if [ -e "$f" ] || [ -L "$f" ]; then printf '%s\0' "$f"; fi; done \
    | tar --create --no-recursion --null --files-from=-) \
   | as_user tar --extract --directory "$project" --no-same-owner --no-same-permissions
 install -o "$user" -g "$user" -m 0600 "$here/.lab/secrets.yml" "$project/.lab/secrets.yml"

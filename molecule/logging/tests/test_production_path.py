@@ -5,9 +5,11 @@ and the firewall refuses, before any change, a list that would lock the
 controller out."""
 import hashlib
 import os
+import re
 import shutil
 import subprocess
 import tempfile
+import time
 
 import pytest
 from clusterlib import INVENTORY, PROJECT, group, host, inventory_vars, recap_changed, run_playbook
@@ -46,9 +48,9 @@ def run_linear(playbook, *extra):
             os.environ["CLUSTER_ANSIBLE_STRATEGY"] = saved
 
 
-def table_digests():
+def table_digests(names=MANAGED):
     return {name: hashlib.sha256(host(name).check_output("nft list table inet %s", TABLE).encode()).hexdigest()
-            for name in MANAGED}
+            for name in names}
 
 
 def test_the_controller_account_is_unprivileged():
@@ -108,7 +110,7 @@ def test_a_list_without_the_controller_is_refused_before_any_change():
     before = table_digests()
     result = run_playbook("playbooks/firewall.yml", '--extra-vars={"firewall_admin_cidrs": ["192.0.2.0/24"]}')
     assert result.returncode != 0, result.stdout[-3000:]
-    assert "firewall_admin_cidrs" in result.stdout and CONTROLLER in result.stdout, result.stdout[-3000:]
+    assert f"come from {CONTROLLER}," in result.stdout and "firewall_admin_cidrs" in result.stdout, result.stdout[-3000:]
     assert "Nothing was changed" in result.stdout, result.stdout[-3000:]
     # The refusal comes before any change, on every host.
     assert "Render the main nftables file" not in result.stdout, result.stdout[-3000:]
@@ -121,7 +123,8 @@ def test_site_refuses_it_in_preflight():
     # site.yml's first play: every host checks before anything changes anywhere.
     result = run_playbook("playbooks/preflight.yml", '--extra-vars={"firewall_admin_cidrs": ["192.0.2.0/24"]}')
     assert result.returncode != 0, result.stdout[-3000:]
-    assert "firewall_admin_cidrs" in result.stdout and CONTROLLER in result.stdout, result.stdout[-3000:]
+    assert f"come from {CONTROLLER}," in result.stdout and "firewall_admin_cidrs" in result.stdout, result.stdout[-3000:]
+    assert "Nothing was changed" in result.stdout, result.stdout[-3000:]
 
 
 def test_a_changed_list_reloads_a_canary_first_and_every_host_stays_reachable():
@@ -151,18 +154,58 @@ def test_a_changed_list_reloads_a_canary_first_and_every_host_stays_reachable():
         assert recap_changed(again, name) == 0
 
 
+def test_a_table_that_cuts_off_ssh_stops_at_the_canary_and_is_rolled_back():
+    """The guard turned off and a list without the controller: the canary
+    reloads, the new SSH connection fails, the run stops before any other
+    host changes, and the canary restores its previous table by itself
+    (firewall_rollback_seconds), so a fresh connection opens again."""
+    before = table_digests()
+    bad = ('--extra-vars={"firewall_admin_cidrs": ["192.0.2.0/24"], "firewall_lockout_check": false,'
+           ' "firewall_rollback_seconds": 30}')
+    result = run_playbook("playbooks/firewall.yml", bad)
+    try:
+        assert result.returncode != 0, result.stdout[-4000:]
+        failed = re.findall(r"(\S+): a new SSH connection failed right after the firewall", result.stdout)
+        assert len(set(failed)) == 1, result.stdout[-4000:]
+        canary = failed[0]
+        others = [name for name in MANAGED if name != canary]
+        assert {name: digest for name, digest in table_digests(others).items()} == \
+            {name: before[name] for name in others}, "a host after the canary got the table"
+        deadline = time.monotonic() + 120
+        while fresh_ssh(canary).returncode != 0:
+            assert time.monotonic() < deadline, f"{canary} stayed closed: the rollback did not run"
+            time.sleep(3)
+        assert table_digests([canary]) == {canary: before[canary]}, "the canary's previous table is not back"
+        assert host(canary).file("/run/celery_filter-rollback.done").exists
+    finally:
+        # Its /etc/nftables.conf still holds the refused table: a normal run rewrites it.
+        restore = run_playbook("playbooks/firewall.yml")
+        assert restore.returncode == 0, restore.stdout[-3000:]
+    assert table_digests() == before
+
+
 def test_linear_strategy_runs_the_controller_side_without_sudo_and_leaves_nothing_behind():
     """celery.yml under Ansible's linear strategy, from this unprivileged
-    account, with `ansible_become: true` for all (which localhost inherits):
-    its controller-side tasks (the wheelhouse) must not try sudo on the
-    controller, the run changes nothing, and no root-owned file is left in
-    deploy's remote temporary directory (a root-owned __pycache__ there once
-    made Ansible fail to clean up)."""
-    result = run_linear("playbooks/celery.yml")
-    assert "-> localhost" in result.stdout, "no controller-side task ran"
-    for name in group("celery"):
-        assert recap_changed(result, name) == 0, name
-    assert "Error deleting remote temporary files" not in result.stdout + result.stderr
-    for name in group("celery"):
-        leftovers = host(name).check_output("find /home/deploy/.ansible/tmp -user root 2>/dev/null || true")
-        assert leftovers == "", f"{name}: {leftovers}"
+    account, with `ansible_become: true` for all (which localhost inherits),
+    changing one setting so that the configuration module is rewritten and
+    checked (the template's validate runs only on a change): its
+    controller-side tasks (the wheelhouse) must not try sudo on the
+    controller, and no root-owned file is left in deploy's remote temporary
+    directory (py_compile's root-owned __pycache__ once made Ansible fail to
+    clean up). The next run, with the setting back, restores it."""
+    changed = run_linear("playbooks/celery.yml", '--extra-vars={"celery_task_track_started": true}')
+    try:
+        assert changed.returncode == 0, changed.stdout[-4000:]
+        assert "-> localhost" in changed.stdout, "no controller-side task ran"
+        assert "Write the Celery configuration module" in changed.stdout
+        for name in group("celery"):
+            assert recap_changed(changed, name) > 0, name
+        assert "Error deleting remote temporary files" not in changed.stdout + changed.stderr
+        for name in group("celery"):
+            tmp = "/home/deploy/.ansible/tmp"
+            assert host(name).file(tmp).is_directory, f"{name}: no {tmp}"
+            leftovers = host(name).check_output("find %s -user root", tmp)
+            assert leftovers == "", f"{name}: {leftovers}"
+    finally:
+        restored = run_playbook("playbooks/celery.yml")
+        assert restored.returncode == 0, restored.stdout[-3000:]
