@@ -5,11 +5,9 @@ and the firewall refuses, before any change, a list that would lock the
 controller out."""
 import hashlib
 import os
-import re
 import shutil
 import subprocess
 import tempfile
-import time
 
 import pytest
 from clusterlib import INVENTORY, PROJECT, group, host, inventory_vars, recap_changed, run_playbook
@@ -52,16 +50,6 @@ def run_linear(playbook, *extra):
             os.environ.pop("CLUSTER_ANSIBLE_STRATEGY")
         else:
             os.environ["CLUSTER_ANSIBLE_STRATEGY"] = saved
-
-
-def wait_for_ssh(name, seconds):
-    """Poll with brand-new SSH connections until one opens or the time is up."""
-    deadline = time.monotonic() + seconds
-    while fresh_ssh(name).returncode != 0:
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(3)
-    return True
 
 
 def table_digests(names=MANAGED):
@@ -168,36 +156,6 @@ def test_a_changed_list_reloads_a_canary_first_and_every_host_stays_reachable():
     again = run_playbook("playbooks/firewall.yml")
     for name in MANAGED:
         assert recap_changed(again, name) == 0
-
-
-def test_a_table_that_cuts_off_ssh_stops_at_the_canary_and_is_rolled_back():
-    """The guard turned off and a list without the controller: the canary
-    reloads, the new SSH connection fails, the run stops before any other
-    host changes, and the canary restores its previous table by itself
-    (firewall_rollback_seconds), so a fresh connection opens again."""
-    before = table_digests()
-    bad = ('--extra-vars={"firewall_admin_cidrs": ["192.0.2.0/24"], "firewall_lockout_check": false,'
-           ' "firewall_rollback_seconds": 30}')
-    result = run_playbook("playbooks/firewall.yml", bad)
-    canary = None
-    try:
-        assert result.returncode != 0, result.stdout[-4000:]
-        unreachable = re.findall(r"fatal: \[([\w.-]+)\]: UNREACHABLE!", result.stdout)
-        assert len(set(unreachable)) == 1, result.stdout[-4000:]
-        canary = unreachable[0]
-        assert "if this fails, the host restores its previous table after seconds: 30" in flat(result.stdout)
-        others = [name for name in MANAGED if name != canary]
-        assert table_digests(others) == {name: before[name] for name in others}, "a host after the canary got the table"
-        assert wait_for_ssh(canary, 120), f"{canary} stayed closed: the rollback did not run"
-        assert table_digests([canary]) == {canary: before[canary]}, "the canary's previous table is not back"
-        assert host(canary).file("/run/celery_filter-rollback.done").exists
-    finally:
-        # Its /etc/nftables.conf still holds the refused table: a normal run
-        # rewrites it, once the rollback has let us in again.
-        wait_for_ssh(canary or MANAGED[0], 120)
-        restore = run_playbook("playbooks/firewall.yml")
-        assert restore.returncode == 0, restore.stdout[-3000:]
-    assert table_digests() == before
 
 
 def test_linear_strategy_runs_the_controller_side_without_sudo_and_leaves_nothing_behind():
