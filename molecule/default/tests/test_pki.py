@@ -1,7 +1,10 @@
 """Private keys stay private: each host's keys are readable by root and the
 one service that needs them, and the CA's key never leaves the controller."""
+import json
+import os
+
 import pytest
-from clusterlib import PKI, group, host
+from clusterlib import PKI, group, host, inventory_vars, run_playbook
 
 MANAGED = sorted(set(group("rabbitmq") + group("logserver") + group("celery")))
 
@@ -37,3 +40,63 @@ def test_the_ca_private_key_is_on_no_managed_host(name):
 def test_the_flower_key_is_for_flower_only(name):
     key = host(name).file(f"{PKI}/flower.key")
     assert key.exists and key.mode == 0o640 and key.user == "root" and key.group == "flower", (key.mode, key.user, key.group)
+
+
+# A client that is broken into: its /etc/hosts names its own address after
+# the name every Celery host checks the broker by, so its fqdn fact says it
+# is the broker; and it can hand the controller any request it likes.
+CLIENT = group("celery_clients")[0]
+BROKER_NAME = inventory_vars(CLIENT)["cluster_broker_tls_name"]
+PROBE = os.path.join(os.path.dirname(__file__), "playbooks", "probe-certificate.yml")
+
+
+def probe(mode, *extra):
+    return run_playbook(PROBE, "--extra-vars", f"probe_host={CLIENT} probe_mode={mode}", *extra)
+
+
+@pytest.fixture(scope="module")
+def intruder():
+    client = host(CLIENT)
+    client.check_output("cp /etc/hosts /tmp/hosts.before-probe")
+    # Written in place: Docker bind-mounts /etc/hosts.
+    client.check_output("{ echo \"$(hostname -I | cut -d' ' -f1) %s $(hostname)\"; cat /tmp/hosts.before-probe; } > /etc/hosts", BROKER_NAME)
+    assert client.check_output("hostname --fqdn").strip() == BROKER_NAME
+    yield client
+    client.check_output("cat /tmp/hosts.before-probe > /etc/hosts && rm -f /tmp/hosts.before-probe %s/probe.key %s/probe.crt", PKI, PKI)
+
+
+def test_a_host_gets_a_certificate_for_the_names_the_inventory_gives_it_only(intruder):
+    result = probe("issue")
+    assert result.returncode == 0, result.stdout[-3000:]
+    names = intruder.check_output("openssl x509 -in %s/probe.crt -noout -ext subjectAltName", PKI)
+    assert f"DNS:{CLIENT}" in names, names
+    assert BROKER_NAME not in names, names
+
+
+def forged(override):
+    if not host(CLIENT).file(f"{PKI}/probe.key").exists:
+        assert probe("issue").returncode == 0
+    return probe("forged", "--extra-vars", json.dumps({"probe_override": override}))
+
+
+def test_a_request_made_by_hand_for_what_the_inventory_gives_passes_the_check(intruder):
+    # The control for the next test: the check refuses what is asked, not how.
+    result = forged({})
+    assert result.returncode == 0, result.stdout[-3000:]
+
+
+@pytest.mark.parametrize("override", [
+    {"subjectAltName": f"DNS:{CLIENT},DNS:{BROKER_NAME}"},
+    {"basicConstraints": "critical,CA:TRUE"},
+    {"extendedKeyUsage": "serverAuth,clientAuth,codeSigning"},
+    {"nameConstraints": "permitted;DNS:.internal"},
+], ids=["another-name", "ca", "code-signing", "extra-extension"])
+def test_a_request_asking_for_more_is_refused_by_the_controller(intruder, override):
+    result = forged(override)
+    assert result.returncode != 0, result.stdout[-3000:]
+    assert "asks for more than the inventory gives this host" in result.stdout, result.stdout[-3000:]
+
+
+def test_the_ca_cannot_make_another_ca():
+    text = host(CLIENT).check_output("openssl x509 -in %s/ca.crt -noout -ext basicConstraints", PKI)
+    assert "CA:TRUE, pathlen:0" in text, text
