@@ -156,6 +156,8 @@ PROBE = textwrap.dedent("""
         "auth_disabled": "application/data" in registry._disabled_content_types,
         "roundtrip": loads(data, content_type, encoding, accept=["application/data"]),
         "json_refused": "application/json" not in [content_type],
+        "event_accept": [sorted(app.events.Receiver(None, accept={"json"}).accept),
+                         sorted(__import__("celery.events", fromlist=["EventReceiver"]).EventReceiver(None, app=app).accept)],
     }))
 """)
 
@@ -198,6 +200,9 @@ def assert_cluster(result, cluster):
     # default, its decoder enabled, and a message signed here verifies here.
     assert result["default_content_type"] == "application/data" and not result["auth_disabled"]
     assert result["roundtrip"] == {"signed": True}
+    # Event receivers take signed events only, even when asked for json:
+    # made by the app (celery events, gossip) or by hand (Flower).
+    assert result["event_accept"] == [["auth"], ["auth"]]
 
 
 def test_celerys_django_example_runs_with_the_cluster_configuration(cluster, django_example, tmp_path):

@@ -284,3 +284,47 @@ def test_the_monitoring_host_reads_rabbitmq_metrics():
         "print(urllib.request.urlopen('http://%s:15692/metrics' % sys.argv[1], timeout=10).read().decode())"),
         address(BROKER))
     assert "rabbitmq_" in metrics
+
+
+FORGE_EVENTS = """
+import json, time
+from kombu import Exchange
+from celery_cluster import app
+forged, probe = {names!r}
+def worker_event(kind):
+    return {{'type': kind, 'hostname': forged, 'timestamp': time.time(), 'utcoffset': 0, 'pid': 1,
+            'clock': 1, 'freq': 2.0, 'active': 0, 'processed': 0, 'loadavg': [0.0, 0.0, 0.0],
+            'sw_ident': 'py-celery', 'sw_ver': '5.6.3', 'sw_sys': 'Linux'}}
+exchange = Exchange(app.conf.event_exchange, type='topic')
+published = []
+with app.connection_for_write() as conn:
+    producer = conn.Producer()
+    try:
+        for kind in ('worker-online', 'worker-heartbeat', 'worker-heartbeat'):
+            producer.publish(worker_event(kind), exchange=exchange, routing_key=kind.replace('-', '.'),
+                             serializer='json')
+            published.append(kind)
+    except Exception as error:  # the broker may refuse the write: that stops the forgery too
+        published.append(repr(error))
+    # Then a signed event, on the same connection: once Flower counts it,
+    # it has read the forged ones that came before.
+    dispatcher = app.events.Dispatcher(conn, hostname=probe)
+    dispatcher.send('worker-offline', freq=2.0, sw_ident='py-celery', sw_ver='5.6.3', sw_sys='Linux')
+    dispatcher.close()
+print(json.dumps(published))
+"""
+
+
+def test_flower_counts_signed_events_only(cafile):
+    """A cluster client publishes worker events as plain json to the event
+    exchange, as the forged worker did that Flower once reported online."""
+    forged, probe = f"forged-{uuid.uuid4().hex[:8]}@nowhere", f"signed-probe-{uuid.uuid4().hex[:8]}@{CLIENT}"
+    print("published:", celery_python(CLIENT, FORGE_EVENTS.format(names=(forged, probe))))
+    deadline = time.monotonic() + 60
+    while True:
+        metrics = api("/metrics", cafile=cafile)
+        if f'worker="{probe}"' in metrics or time.monotonic() > deadline:
+            break
+        time.sleep(2)
+    assert f'flower_worker_online{{worker="{probe}"}} 0.0' in metrics, "the signed event never reached Flower"
+    assert forged not in metrics, [line for line in metrics.splitlines() if forged in line]
