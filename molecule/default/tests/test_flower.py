@@ -8,8 +8,10 @@ import time
 import uuid
 
 import pytest
+import yaml
 from browser import Browser
-from clusterlib import (address, artifact_path, celery_python, group, host, http_get, inventory_vars,
+from clusterlib import (INVENTORY, address, artifact_path, celery_python, group, host, http_get, inventory_groups,
+                        inventory_vars, run_playbook,
                         secrets, tcp_open)
 
 FLOWER = group("flower")[0]
@@ -328,3 +330,38 @@ def test_flower_counts_signed_events_only(cafile):
         time.sleep(2)
     assert f'flower_worker_online{{worker="{probe}"}} 0.0' in metrics, "the signed event never reached Flower"
     assert forged not in metrics, [line for line in metrics.splitlines() if forged in line]
+
+
+def _inventory_without_flower():
+    """The scenario's inventory with the Flower host taken out of `flower`
+    (it stays a Celery host), next to it so group_vars and the CA resolve."""
+    with open(INVENTORY, encoding="utf-8") as handle:
+        data = yaml.safe_load(handle)
+    inventory_groups(data)["flower"]["hosts"] = {}
+    path = os.path.join(os.path.dirname(INVENTORY), "variant-no-flower.yml")
+    with open(path, "w", encoding="utf-8") as handle:
+        yaml.safe_dump(data, handle)
+    return path
+
+
+def _flower_open(flower):
+    """Whether Flower runs and listens on the host, and its firewall drop-in is there."""
+    return (flower.service("flower").is_running, flower.service("flower").is_enabled,
+            flower.socket(f"tcp://0.0.0.0:{PORT}").is_listening, flower.file("/etc/nftables.d/flower.nft").exists)
+
+
+def test_a_host_taken_out_of_flower_stops_flower_and_closes_its_port(cafile):
+    flower = host(FLOWER)
+    assert _flower_open(flower) == (True, True, True, True)
+    try:
+        result = run_playbook("playbooks/monitoring.yml", inventory=_inventory_without_flower())
+        assert result.returncode == 0, result.stdout[-3000:]
+        assert _flower_open(flower) == (False, False, False, False)
+        # No rule of the bundle's mentions the port any more.
+        ruleset = flower.check_output("nft list ruleset")
+        assert not [line for line in ruleset.splitlines() if f"dport {PORT}" in line and "flower" in line], ruleset
+    finally:
+        restored = run_playbook("playbooks/monitoring.yml")
+    assert restored.returncode == 0, restored.stdout[-3000:]
+    wait_until_up(cafile)
+    assert _flower_open(flower) == (True, True, True, True)
