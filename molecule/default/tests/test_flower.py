@@ -346,7 +346,8 @@ def _inventory_without_flower():
 
 def _flower_open(flower):
     """Whether Flower runs and listens on the host, and its firewall drop-in is there."""
-    return (flower.service("flower").is_running, flower.service("flower").is_enabled,
+    return (flower.service("flower").is_running,
+            flower.run("systemctl is-enabled flower.service").stdout.strip() == "enabled",
             flower.socket(f"tcp://0.0.0.0:{PORT}").is_listening, flower.file("/etc/nftables.d/flower.nft").exists)
 
 
