@@ -1,6 +1,6 @@
-"""Faults the cluster rides out without losing a task: every broker
-restarted with 1,000 tasks queued, a worker process killed mid-task, the
-first broker stopped while tasks flow, and the beat host restarted.
+"""Faults the cluster rides out without losing a task: a worker process
+killed mid-task, every broker restarted with 1,000 tasks queued, the first
+broker stopped while tasks flow, and the beat host restarted.
 
 Tasks are the example's web.tasks.mark(token), which leaves the file
 marks/<token> on the worker that ran it: a task is complete when its file
@@ -53,31 +53,13 @@ def broker_pid(name):
     return host(name).check_output("systemctl show --property MainPID --value rabbitmq-server").strip()
 
 
-def test_1000_queued_tasks_survive_a_restart_of_every_broker():
-    # The pools are stopped from before the first publish until the brokers
-    # are back: every task that runs afterwards came back from disk. (Queue
-    # counts are no proof here: right after 1,000 confirmed publishes
-    # list_queues reported about 500, its metrics lag.)
-    pools("stop")
-    try:
-        tokens = publish_marks(1000)
-        before = {broker: broker_pid(broker) for broker in BROKERS}
-        for broker in BROKERS:  # all at once: quorum queues come back from disk
-            host(broker).check_output("systemctl --no-block restart rabbitmq-server")
-        deadline = time.monotonic() + 300
-        while time.monotonic() < deadline:
-            after = {broker: broker_pid(broker) for broker in BROKERS}
-            if all(after[b] not in ("0", before[b]) for b in BROKERS):
-                break
-            time.sleep(2)
-        assert all(after[b] not in ("0", before[b]) for b in BROKERS), f"not every broker restarted: {before} -> {after}"
-        assert wait_cluster(), "the brokers did not form one cluster again"
-    finally:
-        pools("start")
-    missing = wait_marks(tokens, 300)
-    assert not missing, f"{len(missing)} of 1000 tasks never ran after the brokers restarted"
-
-
+# Runs before the restart of every broker (pytest keeps the file's order):
+# twice in CI, after that restart, the redelivered task ran and succeeded but
+# its rpc:// result never reached the waiting client, while `rabbitmqctl
+# list_queues` hung on "unresponsive" queues (the CLI issue the rabbitmq
+# role's README describes) and the log showed Mnesia's
+# starting_partitioned_network. This test is about a worker process dying,
+# on a settled cluster; what a full restart leaves behind is still open.
 def test_a_task_whose_process_is_killed_is_redelivered_and_completes():
     # The rpc:// result comes back to the process that sent the task: one
     # process sends, waits and writes the result down, in the background.
@@ -111,8 +93,35 @@ def test_a_task_whose_process_is_killed_is_redelivered_and_completes():
         # pool's log and the queue.
         producer.run("pgrep -af killed.id || echo 'the waiting client is gone'").stdout,
         host(WORKER).run("journalctl -u celery-worker@feeds --since -5min --no-pager | tail -n 40").stdout,
-        host(BROKERS[0]).run("rabbitmqctl --quiet -p celery list_queues name messages_ready "
-                             "messages_unacknowledged consumers").stdout)
+        # rabbitmqctl can hang here (see above): every call is bounded.
+        [host(b).run("timeout -s KILL 60 rabbitmqctl --quiet cluster_status --formatter json; "
+                     "grep -ihE 'partition|inconsistent' /var/log/rabbitmq/*.log 2>/dev/null | tail -n 5").stdout
+         for b in BROKERS])
+
+
+def test_1000_queued_tasks_survive_a_restart_of_every_broker():
+    # The pools are stopped from before the first publish until the brokers
+    # are back: every task that runs afterwards came back from disk. (Queue
+    # counts are no proof here: right after 1,000 confirmed publishes
+    # list_queues reported about 500, its metrics lag.)
+    pools("stop")
+    try:
+        tokens = publish_marks(1000)
+        before = {broker: broker_pid(broker) for broker in BROKERS}
+        for broker in BROKERS:  # all at once: quorum queues come back from disk
+            host(broker).check_output("systemctl --no-block restart rabbitmq-server")
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:
+            after = {broker: broker_pid(broker) for broker in BROKERS}
+            if all(after[b] not in ("0", before[b]) for b in BROKERS):
+                break
+            time.sleep(2)
+        assert all(after[b] not in ("0", before[b]) for b in BROKERS), f"not every broker restarted: {before} -> {after}"
+        assert wait_cluster(), "the brokers did not form one cluster again"
+    finally:
+        pools("start")
+    missing = wait_marks(tokens, 300)
+    assert not missing, f"{len(missing)} of 1000 tasks never ran after the brokers restarted"
 
 
 def test_tasks_published_before_during_and_after_a_broker_stop_all_complete():
