@@ -190,6 +190,18 @@ def inventory_groups(data):
     return found
 
 
+def variant(name, edit):
+    """A copy of the scenario's inventory, edited by edit(data), beside it (so
+    group_vars, host_vars and the CA directory apply); returns its path."""
+    with open(INVENTORY, encoding="utf-8") as handle:
+        data = yaml.safe_load(handle)
+    edit(data)
+    path = os.path.join(os.path.dirname(INVENTORY), f"variant-{name}.yml")
+    with open(path, "w", encoding="utf-8") as handle:
+        yaml.safe_dump(data, handle)
+    return path
+
+
 def inventory_vars(hostname):
     """Variables of one host as the inventory defines them (host_vars included)."""
     return _runner().get_variables(hostname)

@@ -8,11 +8,9 @@ import time
 import uuid
 
 import pytest
-import yaml
 from browser import Browser
-from clusterlib import (INVENTORY, address, artifact_path, celery_python, group, host, http_get, inventory_groups,
-                        inventory_vars, run_playbook,
-                        secrets, tcp_open)
+from clusterlib import (address, artifact_path, celery_python, group, host, http_get, inventory_groups,
+                        inventory_vars, run_playbook, secrets, tcp_open, variant)
 
 FLOWER = group("flower")[0]
 BROKER = group("rabbitmq")[0]
@@ -332,16 +330,9 @@ def test_flower_counts_signed_events_only(cafile):
     assert forged not in metrics, [line for line in metrics.splitlines() if forged in line]
 
 
-def _inventory_without_flower():
-    """The scenario's inventory with the Flower host taken out of `flower`
-    (it stays a Celery host), next to it so group_vars and the CA resolve."""
-    with open(INVENTORY, encoding="utf-8") as handle:
-        data = yaml.safe_load(handle)
+def _no_flower(data):
+    """The Flower host taken out of `flower` (it stays a Celery host)."""
     inventory_groups(data)["flower"]["hosts"] = {}
-    path = os.path.join(os.path.dirname(INVENTORY), "variant-no-flower.yml")
-    with open(path, "w", encoding="utf-8") as handle:
-        yaml.safe_dump(data, handle)
-    return path
 
 
 def _flower_open(flower):
@@ -355,7 +346,7 @@ def test_a_host_taken_out_of_flower_stops_flower_and_closes_its_port(cafile):
     flower = host(FLOWER)
     assert _flower_open(flower) == (True, True, True, True)
     try:
-        result = run_playbook("playbooks/monitoring.yml", inventory=_inventory_without_flower())
+        result = run_playbook("playbooks/monitoring.yml", inventory=variant("no-flower", _no_flower))
         assert result.returncode == 0, result.stdout[-3000:]
         assert _flower_open(flower) == (False, False, False, False)
         # No rule of the bundle's mentions the port any more.

@@ -7,18 +7,7 @@ import tempfile
 
 import pytest
 import yaml
-from clusterlib import INVENTORY, group, host, inventory_groups, run_playbook
-
-
-def variant(name, edit):
-    """A copy of the scenario's inventory, edited, beside it (so group_vars apply)."""
-    with open(INVENTORY, encoding="utf-8") as handle:
-        data = yaml.safe_load(handle)
-    edit(data)
-    path = os.path.join(os.path.dirname(INVENTORY), f"variant-{name}.yml")
-    with open(path, "w", encoding="utf-8") as handle:
-        yaml.safe_dump(data, handle)
-    return path
+from clusterlib import group, host, inventory_groups, run_playbook, variant
 
 
 def fingerprint():
