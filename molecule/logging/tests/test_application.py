@@ -12,18 +12,19 @@ import json
 import os
 import re
 import shutil
-import subprocess
-import sys
 import tarfile
+import tempfile
 import time
 import uuid
 
 import pytest
 import yaml
-from clusterlib import PROJECT, celery_cli, group, host, recap_changed, remote_log, run_playbook, wait_for_remote_log
+from clusterlib import (PROJECT, celery_cli, group, host, http_get, inventory_vars, recap_changed, remote_log, run_playbook,
+                        secrets, wait_for_remote_log)
 
 WORKER = group("celery_workers")[0]
 BEAT = group("celery_beat")[0]
+FLOWER = group("flower")[0]
 RELEASES = "/opt/celery/app"          # celery_app_releases_dir
 VENV_PYTHON = "/opt/celery/venv/bin/python"
 ROUTES = {"add": "feeds", "mul": "feeds", "xsum": "feeds", "count_widgets": "web"}  # group_vars/all/celery.yml
@@ -153,6 +154,40 @@ def test_beat_fires_the_inventorys_entry_for_an_example_task():
     assert answer.search(ran), ran[-2000:]
 
 
+def flower_api(path):
+    """GET Flower's API from the controller (the admin address), over HTTPS
+    verified against the cluster CA, with the vault's password."""
+    with tempfile.NamedTemporaryFile("w", suffix=".crt") as ca:
+        ca.write(host(FLOWER).file("/etc/celery-cluster/pki/ca.crt").content_string)
+        ca.flush()
+        status, body = http_get(f"https://{inventory_vars(FLOWER)['ansible_host']}:5555{path}",
+                                auth=(inventory_vars(FLOWER).get("flower_auth_user", "admin"), secrets()["vault_flower_password"]), cafile=ca.name)
+    assert status == 200, (path, status, body[:500])
+    return json.loads(body)
+
+
+def test_flower_shows_the_example_tasks_and_pools():
+    """Flower imports the same app (its own venv, the release on its path
+    too) and decodes the signed events: each task is there by name, with its
+    result and the pool that ran it."""
+    sent = web_process(PUBLISHER + """
+import json
+from demoapp import tasks
+sent = [tasks.add.delay(1, 1), tasks.xsum.delay([4, 5])]
+print(json.dumps([[result.id, result.get(timeout=90)] for result in sent]))
+""")
+    deadline = time.monotonic() + 60
+    while True:
+        seen = {task_id: flower_api(f"/api/task/info/{task_id}") if task_id in flower_api("/api/tasks") else None
+                for task_id, _ in sent}
+        if all(info and info.get("state") == "SUCCESS" for info in seen.values()) or time.monotonic() > deadline:
+            break
+        time.sleep(2)
+    assert [(seen[task_id] or {}).get("name") for task_id, _ in sent] == ["demoapp.tasks.add", "demoapp.tasks.xsum"], seen
+    assert all(seen[task_id]["state"] == "SUCCESS" and seen[task_id]["worker"] == f"feeds@{WORKER}" for task_id, _ in sent)
+    assert set(flower_api("/api/workers?refresh=1")) == {f"feeds@{WORKER}", f"web@{WORKER}"}
+
+
 def registered():
     """Task names every pool of the worker host has registered."""
     result = celery_cli(WORKER, "inspect", "registered", "--json", "--timeout", "10")
@@ -161,10 +196,11 @@ def registered():
 
 
 def release_of_v2(workdir):
-    """The operator's next version, built the way their CI would: the example
-    plus one new task, packaged as a wheel (a pyproject of their own beside
-    the copied code)."""
-    source = os.path.join(workdir, "proj-v2")
+    """The operator's next version, as their CI would publish it: the example
+    plus one new task, with a pyproject of their own beside the copied code,
+    as an sdist (the role builds it into a wheel on the controller)."""
+    name = "proj-example-2.0"
+    source = os.path.join(workdir, name)
     shutil.copytree(EXAMPLE, source)
     with open(os.path.join(source, "demoapp", "tasks.py"), "a", encoding="utf-8") as handle:
         handle.write("\n\n@shared_task\ndef release():\n    return 'v2'\n")
@@ -172,9 +208,10 @@ def release_of_v2(workdir):
         handle.write('[build-system]\nrequires = ["setuptools>=61"]\nbuild-backend = "setuptools.build_meta"\n'
                      '[project]\nname = "proj-example"\nversion = "2.0"\n'
                      '[tool.setuptools]\npackages = ["proj", "demoapp", "demoapp.migrations"]\n')
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--wheel-dir", workdir, source],
-                   check=True, capture_output=True, text=True, timeout=300)
-    return os.path.join(workdir, "proj_example-2.0-py3-none-any.whl")
+    sdist = os.path.join(workdir, f"{name}.tar.gz")
+    with tarfile.open(sdist, "w:gz") as archive:
+        archive.add(source, arcname=name)
+    return sdist
 
 
 def pool_pids():
@@ -183,7 +220,7 @@ def pool_pids():
 
 
 def test_a_new_version_reaches_the_pools_warm_and_the_old_one_rolls_back(tmp_path, widgets):
-    """Version 2 of the app (a wheel, celery_app_source: package) replaces
+    """Version 2 of the app (an sdist, celery_app_source: package) replaces
     the directory release in one celery.yml run while a publisher sends
     tasks: every task sent meanwhile runs, the pools restart and register v2's
     new task, and the v1 release stays on the host. Going back to the
@@ -191,7 +228,7 @@ def test_a_new_version_reaches_the_pools_warm_and_the_old_one_rolls_back(tmp_pat
     it again, removes v2's package, and v1's tasks run."""
     v1 = host(WORKER).check_output("readlink -f %s/current", RELEASES)
     unpacked = host(WORKER).check_output("stat -c %%Y %s/.celery-release", v1)
-    wheel = release_of_v2(str(tmp_path))
+    sdist = release_of_v2(str(tmp_path))
     before = pool_pids()
     token = uuid.uuid4().hex[:8]
     # A publisher that sends add(i, 0) every 0.2 s until the flag file exists.
@@ -212,7 +249,7 @@ with open("/tmp/sent-{token}", "a") as sent:
 """)
     try:
         update = run_playbook("playbooks/celery.yml", "--extra-vars",
-                              json.dumps({"celery_app_source": "package", "celery_app_package": wheel}))
+                              json.dumps({"celery_app_source": "package", "celery_app_package": sdist}))
         assert recap_changed(update, WORKER) > 0
     finally:
         host(BEAT).check_output("touch /tmp/stop-%s", token)
