@@ -4,6 +4,7 @@ import functools
 import json
 import os
 import re
+import socket
 import subprocess
 import time
 
@@ -256,17 +257,32 @@ def address(name):
     return host(name).check_output("hostname -I").split()[0]
 
 
-def http_get(url, *, auth=None, cafile=None, timeout=20):
+def http_get(url, *, auth=None, cafile=None, timeout=20, server_name=None):
     """GET from the controller; returns (status, body). auth is (user, password);
-    HTTPS is verified against cafile (hostname included)."""
+    HTTPS is verified against cafile (hostname included: the URL's host, or
+    server_name when the certificate names the server otherwise, e.g. a
+    broker reached by address whose certificate carries the cluster's name)."""
     import base64
+    import http.client
     import ssl
     import urllib.error
+    import urllib.parse
     import urllib.request
     headers = {}
     if auth:
         headers["Authorization"] = "Basic " + base64.b64encode(f"{auth[0]}:{auth[1]}".encode()).decode()
     context = ssl.create_default_context(cafile=cafile) if url.startswith("https:") else None
+    if server_name:
+        parsed = urllib.parse.urlsplit(url)
+        connection = http.client.HTTPSConnection(parsed.hostname, parsed.port or 443, timeout=timeout, context=context)
+        connection.connect = lambda: setattr(connection, "sock", context.wrap_socket(
+            socket.create_connection((parsed.hostname, parsed.port or 443), timeout), server_hostname=server_name))
+        try:
+            connection.request("GET", parsed.path + (f"?{parsed.query}" if parsed.query else ""), headers=headers)
+            response = connection.getresponse()
+            return response.status, response.read().decode(errors="replace")
+        finally:
+            connection.close()
     request = urllib.request.Request(url, headers=headers)
     try:
         with urllib.request.urlopen(request, timeout=timeout, context=context) as response:

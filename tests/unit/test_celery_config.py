@@ -71,6 +71,20 @@ def test_task_queues_hang_off_one_topic_exchange_named_apart_and_are_quorum(app)
         assert queue.queue_arguments["x-queue-type"] == "quorum"
 
 
+@pytest.mark.parametrize("declare", [True, False])
+def test_publish_only_hosts_never_declare_a_task_queue_or_its_exchange(declare):
+    """celery_task_declare_queues: false (beat, clients) renders the queues
+    no_declare: kombu then skips the queue, its exchange and the binding
+    before a publish, which a publish-only broker user would be refused.
+    The route Celery picks for a task carries the same Queue object."""
+    source = filters.celery_python_config(settings(celery_task_declare_queues=declare),
+                                          ["amqps://u:p@broker1:5671/celery"], {})
+    probe = load(source)[0]
+    queue = probe.amqp.router.route({}, "web.tasks.render")["queue"]
+    assert bool(queue.no_declare) is (not declare) and bool(queue.exchange.no_declare) is (not declare)
+    assert all(bool(q.no_declare) is (not declare) for q in probe.amqp.queues.values())
+
+
 def test_reliability_and_event_settings(app):
     conf = app.conf
     assert conf.broker_transport_options == {"confirm_publish": True}

@@ -1,5 +1,7 @@
 """Three brokers form one RabbitMQ cluster; quorum queues ride out a node."""
+import functools
 import json
+import tempfile
 import time
 import uuid
 
@@ -14,15 +16,24 @@ EXCHANGE = "celery.tasks"
 TASK_QUEUES = inventory_vars(BROKERS[0])["cluster_task_queues"]  # celery, feeds, web, media
 
 
+@functools.cache
+def ca_file():
+    """The cluster CA certificate, from a broker, in a file on the controller."""
+    with tempfile.NamedTemporaryFile("w", suffix=".crt", delete=False) as handle:
+        handle.write(host(BROKERS[0]).file("/etc/celery-cluster/pki/ca.crt").content_string)
+    return handle.name
+
+
 def _task_topology(name):
     """{queue: type} of the task queues, and the (queue, routing key) bindings
     of the task exchange, from the management API as the controller (an admin
     address) sees it. (`rabbitmqctl list_queues` can hang for a minute on
     queues led by a node restarted in an earlier test: roles/rabbitmq/README.md.)"""
-    api, auth = f"http://{address(name)}:15672/api", ("admin", password("admin"))
-    status, queues = http_get(f"{api}/queues/celery?columns=name,type", auth=auth)
+    api, auth = f"https://{address(name)}:15671/api", ("admin", password("admin"))
+    tls = {"cafile": ca_file(), "server_name": "broker.celery-cluster.internal"}   # cluster_broker_tls_name
+    status, queues = http_get(f"{api}/queues/celery?columns=name,type", auth=auth, **tls)
     assert status == 200, queues
-    status, bindings = http_get(f"{api}/exchanges/celery/{EXCHANGE}/bindings/source", auth=auth)
+    status, bindings = http_get(f"{api}/exchanges/celery/{EXCHANGE}/bindings/source", auth=auth, **tls)
     assert status == 200, bindings
     return ({q["name"]: q["type"] for q in json.loads(queues) if q["name"] in TASK_QUEUES},
             {(b["destination"], b["routing_key"]) for b in json.loads(bindings) if b["destination_type"] == "queue"})

@@ -2,9 +2,11 @@
 least privilege, quorum queues by default, and a queue runbook that reports."""
 import json
 import re
+import subprocess
 import time
 import uuid
 
+import pytest
 from clusterlib import amqp_session, group, host, password, recap_changed, run_playbook
 
 BROKER = group("rabbitmq")[0]
@@ -14,15 +16,15 @@ EXCHANGE = "celery.tasks"
 
 
 def test_client_publishes_and_worker_consumes_over_tls_with_their_own_users():
-    # A queue of the test's own (a reply-queue name, which clients may declare
-    # and bind) so that no Celery pool consumes the raw messages; declared
-    # without a type, it must come out a quorum queue.
+    # A queue of the test's own, declared and bound by the worker (the
+    # client may only publish), so that no Celery pool consumes the raw
+    # messages; declared without a type, it must come out a quorum queue.
     queue, marker = str(uuid.uuid4()), uuid.uuid4().hex
-    published = amqp_session(CLIENT, "celery_client", [
-        ["exchange", EXCHANGE], ["declare", queue], ["bind", queue, EXCHANGE, queue],
-        ["publish", queue, 5, marker, EXCHANGE]], BROKER)
-    assert published["ok"], published
+    declared = amqp_session(WORKER, "celery_worker", [["declare", queue], ["bind", queue, EXCHANGE, queue]], BROKER)
+    assert declared["ok"], declared
     try:
+        published = amqp_session(CLIENT, "celery_client", [["publish", queue, 5, marker, EXCHANGE]], BROKER)
+        assert published["ok"], published
         types = dict(line.split("\t") for line in host(BROKER).check_output(
             "rabbitmqctl --quiet list_queues -p celery name type --no-table-headers").splitlines())
         assert types[queue] == "quorum", types
@@ -33,6 +35,41 @@ def test_client_publishes_and_worker_consumes_over_tls_with_their_own_users():
         amqp_session(WORKER, "celery_worker", [["delete", queue]], BROKER)
 
 
+PUBLISHERS = [("celery_clients", "celery_client"), ("celery_beat", "celery_producer")]
+
+
+@pytest.mark.parametrize("kind, user", PUBLISHERS)
+@pytest.mark.parametrize("action", [
+    ["bind", "web", EXCHANGE, "#"],     # every task would also land in web and run twice
+    ["bind", str(uuid.uuid4()), EXCHANGE, "#"],   # a queue of its own that copies every task
+    ["delete", "media"],                # the queue and the tasks in it would be gone
+    ["declare", "web"],                 # even redeclaring the same queue is configuring it
+    ["exchange", EXCHANGE],
+    ["exchange", "celeryev"],
+], ids=["bind-task-queue", "bind-own-queue", "delete-task-queue", "declare-task-queue",
+        "declare-task-exchange", "declare-event-exchange"])
+def test_a_publisher_can_only_publish(kind, user, action):
+    """What a broken-into client or beat host could try with its own broker
+    user and certificate: each is refused, and the task queues are as the
+    broker play declared them. (A reply queue of its own it may declare,
+    as rpc:// needs; binding one needs read on the exchange, which it lacks.)"""
+    source = group(kind)[0]
+    steps = [["declare", action[1]], action] if action[0] == "bind" and action[1] != "web" else [action]
+    try:
+        denied = amqp_session(source, user, steps, BROKER)
+    finally:
+        if len(steps) == 2:   # the reply-like queue it was allowed to declare
+            amqp_session(WORKER, "celery_worker", [["delete", action[1]]], BROKER)
+    assert not denied["ok"] and "access_refused" in denied["error"].lower().replace(" ", "_"), denied
+    queues = json.loads(host(BROKER).check_output(
+        "rabbitmqctl --quiet list_queues -p celery name type --formatter json"))
+    assert {q["name"]: q["type"] for q in queues if q["name"] in ("web", "media")} == {"web": "quorum", "media": "quorum"}
+    bindings = host(BROKER).check_output(
+        "rabbitmqctl --quiet list_bindings -p celery source_name destination_name routing_key --no-table-headers")
+    assert not [line for line in bindings.splitlines() if line.split("\t")[0] == EXCHANGE and line.split("\t")[-1] == "#"], \
+        bindings
+
+
 def test_guest_cannot_log_in():
     assert "guest" not in host(BROKER).check_output("rabbitmqctl --quiet list_users")
     attempt = amqp_session(CLIENT, "guest", [], BROKER, secret="guest")
@@ -40,20 +77,75 @@ def test_guest_cannot_log_in():
     assert "access_refused" in attempt["error"].lower().replace(" ", "_"), attempt
 
 
+# Reads every process's command line as often as it can until the stop file
+# appears; the secret comes on stdin (never an argument of this process).
+# Prints how many rounds it made and each command line that held the secret.
+_WATCH = r"""
+import json, os, sys
+secret, stop = sys.stdin.readline().rstrip("\n").encode(), sys.argv[1]
+rounds, seen = 0, set()
+while not os.path.exists(stop):
+    rounds += 1
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as handle:
+                line = handle.read()
+        except OSError:
+            continue
+        if secret in line:
+            seen.add(line.replace(secret, b"<secret>").replace(b"\0", b" ").decode(errors="replace"))
+print(json.dumps({"rounds": rounds, "seen": sorted(seen)}))
+"""
+
+
 def test_a_password_changed_behind_the_bundle_is_set_back_and_the_next_run_changes_nothing():
     # The users are managed over the management API (rabbitmq_api_user); the
     # collection's API mode fails on any password change (community.rabbitmq
-    # #217), so a password the broker refuses is set over rabbitmqctl first.
-    # A rotation in vault takes the same path as this drift.
+    # #217), so a password the broker refuses is set from a definitions file
+    # of password hashes. A rotation in vault takes the same path as this
+    # drift. Meanwhile every command line on the broker is watched: the
+    # password must be on none (rabbitmqctl change_password would show it to
+    # `ps`). A process started with it as an argument proves the watch sees.
     wanted = password("celery_client")
     host(BROKER).check_output("rabbitmqctl --quiet change_password celery_client %s", "drifted-" + uuid.uuid4().hex)
+    token = uuid.uuid4().hex[:8]
+    stop, report, secret = f"/tmp/stop-{token}", f"/tmp/watch-{token}.json", f"/tmp/secret-{token}"
     try:
         assert host(BROKER).run("rabbitmqctl --quiet authenticate_user celery_client %s", wanted).rc != 0
+        put_file(BROKER, secret, wanted + "\n")
+        host(BROKER).check_output("nohup python3 -c %s %s < %s > %s 2>&1 &", _WATCH, stop, secret, report)
+        control = host(BROKER).run("sh -c 'sleep 1' control-%s", wanted)
+        assert control.rc == 0
         assert recap_changed(run_playbook("playbooks/broker.yml"), BROKER) >= 1
+    finally:
+        host(BROKER).run("touch %s; rm -f %s", stop, secret)
+    watched = wait_json(BROKER, report)
+    assert watched["rounds"] > 50, watched
+    # Only the control process (and the shell that started it) held it.
+    assert watched["seen"] and all("control-<secret>" in line for line in watched["seen"]), watched
+    try:
         assert host(BROKER).run("rabbitmqctl --quiet authenticate_user celery_client %s", wanted).rc == 0
         assert recap_changed(run_playbook("playbooks/broker.yml"), BROKER) == 0
     finally:
         host(BROKER).run("rabbitmqctl --quiet change_password celery_client %s", wanted)
+
+
+def put_file(name, path, content):
+    """Write `content` to `path` on host `name` (mode 0600) without putting
+    it on any command line: through the connection's standard input."""
+    result = subprocess.run(["docker", "exec", "-i", name, "sh", "-c", f"umask 077 && cat > {path}"],
+                            input=content, text=True, capture_output=True, timeout=30, check=False)
+    assert result.returncode == 0, result.stderr
+
+
+def wait_json(name, path, deadline=30):
+    """The JSON document the host writes to `path`, once it is complete."""
+    end = time.monotonic() + deadline
+    while True:
+        text = host(name).run("cat %s", path).stdout.strip()
+        if text or time.monotonic() > end:
+            return json.loads(text)
+        time.sleep(1)
 
 
 def test_client_cannot_publish_into_an_arbitrary_queue_through_the_default_exchange():

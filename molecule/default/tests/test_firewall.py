@@ -1,11 +1,14 @@
 """The broker's ports are an allowlist: cluster hosts in, everyone else out."""
+import json
 import socket
+import tempfile
 
 import pytest
-from clusterlib import group, host, tcp_open
+from clusterlib import CA, group, host, http_get, password, tcp_open
 
 BROKER = group("rabbitmq")[0]
-BROKER_PORTS = [5671, 5672, 15672, 15692, 4369, 25672]
+BROKER_NAME = "broker.celery-cluster.internal"   # cluster_broker_tls_name: every broker certificate carries it
+BROKER_PORTS = [5671, 5672, 15671, 15672, 15692, 4369, 25672]
 
 
 @pytest.mark.parametrize("port", BROKER_PORTS)
@@ -29,13 +32,13 @@ def test_plain_amqp_listens_on_loopback_only():
     assert not is_open, detail
 
 
-@pytest.mark.parametrize("port", [15672, 15692])
+@pytest.mark.parametrize("port", [15671, 15692])
 def test_monitoring_host_reaches_management_and_metrics(port):
     is_open, detail = tcp_open(group("flower")[0], BROKER, port)
     assert is_open, detail
 
 
-@pytest.mark.parametrize("port", [15672, 15692])
+@pytest.mark.parametrize("port", [15671, 15672, 15692])
 def test_clients_cannot_reach_management_or_metrics(port):
     is_open, detail = tcp_open(group("celery_clients")[0], BROKER, port)
     assert not is_open, detail
@@ -47,11 +50,22 @@ def test_inter_node_ports_are_closed_to_non_brokers(port):
     assert not is_open, detail
 
 
-def test_admin_address_reaches_management():
-    # This test runs on the controller, the admin CIDR of the scenario.
+def test_admin_address_reaches_management_over_https_only():
+    """The controller (the scenario's admin CIDR) reads the management API
+    over HTTPS, the broker's certificate verified against the cluster CA and
+    the cluster's broker name; the plain port, even for an admin address,
+    is not there: it listens on the broker's loopback only."""
     address = host(BROKER).interface("eth0").addresses[0]
-    with socket.create_connection((address, 15672), timeout=5):
-        pass
+    with tempfile.NamedTemporaryFile("w", suffix=".crt") as ca:
+        ca.write(host(BROKER).file(CA).content_string)
+        ca.flush()
+        status, body = http_get(f"https://{address}:15671/api/whoami", auth=("admin", password("admin")),
+                                cafile=ca.name, server_name=BROKER_NAME)
+    assert status == 200 and json.loads(body)["name"] == "admin", body
+    assert host(BROKER).socket("tcp://127.0.0.1:15672").is_listening
+    assert not host(BROKER).socket("tcp://0.0.0.0:15672").is_listening
+    with pytest.raises(OSError):
+        socket.create_connection((address, 15672), timeout=5).close()
 
 
 def test_input_policy_is_drop_on_every_managed_host():

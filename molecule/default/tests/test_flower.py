@@ -262,7 +262,7 @@ def test_a_browser_with_the_credentials_sees_every_pool_on_the_dashboard(cafile)
         assert anonymous.script(ROWS) == {} and "Online workers" not in text, text[:500]
 
 
-@pytest.mark.parametrize("target,port", [("flower", PORT), ("rabbitmq", 15672), ("rabbitmq", 15692)])
+@pytest.mark.parametrize("target,port", [("flower", PORT), ("rabbitmq", 15671), ("rabbitmq", 15672), ("rabbitmq", 15692)])
 def test_outsider_cannot_reach_flower_management_or_metrics(target, port):
     name = group(target)[0]
     is_open, out = tcp_open(OUTSIDER, address(name), port)

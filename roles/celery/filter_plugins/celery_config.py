@@ -158,8 +158,11 @@ def celery_config_problems(settings):
 def _queue(name, settings):
     exchange = settings["celery_task_default_exchange"]
     arguments = {"x-queue-type": settings["celery_task_default_queue_type"]}
-    return (f"Queue({name!r}, Exchange({exchange!r}, type='topic'), routing_key={name!r}, "
-            f"queue_arguments={arguments!r})")
+    # no_declare: kombu then declares neither the queue, nor its exchange, nor
+    # the binding before a publish (publish-only broker users, README).
+    no_declare = "" if settings.get("celery_task_declare_queues", True) else ", no_declare=True"
+    return (f"Queue({name!r}, Exchange({exchange!r}, type='topic'{no_declare}), routing_key={name!r}, "
+            f"queue_arguments={arguments!r}{no_declare})")
 
 
 def celery_python_config(settings, broker_urls, ssl_options=None, extra=None):
