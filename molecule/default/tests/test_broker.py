@@ -70,6 +70,17 @@ def test_a_publisher_can_only_publish(kind, user, action):
         bindings
 
 
+def test_every_stable_feature_flag_is_enabled():
+    """A new RabbitMQ 4.0.5 node leaves the stable flag detailed_queues_endpoint
+    disabled (and an upgraded one every flag its new version brought): a
+    later version may refuse to start without them. broker.yml enables every
+    stable flag once all members run one version."""
+    flags = json.loads(host(BROKER).check_output(
+        "rabbitmqctl --quiet list_feature_flags name state stability --formatter json"))
+    assert len(flags) > 10, flags
+    assert [f["name"] for f in flags if f["stability"] == "stable" and f["state"] != "enabled"] == [], flags
+
+
 def test_guest_cannot_log_in():
     assert "guest" not in host(BROKER).check_output("rabbitmqctl --quiet list_users")
     attempt = amqp_session(CLIENT, "guest", [], BROKER, secret="guest")
