@@ -64,6 +64,33 @@ def test_status_runbook_reports_queues_workers_and_beat():
         amqp_session(WORKER, "celery_worker", [["delete", queue]], BROKER)
 
 
+def test_status_runbook_exits_non_zero_naming_what_is_wrong():
+    """A pool stopped behind the bundle's back and a host whose firewall
+    table was deleted: status.yml names both, with the host, and exits
+    non-zero, so a scheduler or an alerting check can run it; repaired, it
+    prints each host's health line and exits 0."""
+    pool = inventory_vars(WORKER)["celery_worker_pools"][0]["name"]
+    unit = f"celery-worker@{pool}.service"
+    client = group("celery_clients")[0]
+    host(WORKER).check_output("systemctl stop %s", unit)
+    host(client).check_output("nft delete table inet celery_filter")
+    try:
+        broken = run_playbook("playbooks/runbooks/status.yml")
+    finally:
+        host(WORKER).check_output("systemctl start %s", unit)
+        host(client).check_output("nft -f /etc/nftables.conf")
+    said = " ".join(broken.stdout.split())
+    assert broken.returncode != 0, broken.stdout[-3000:]
+    assert f"{WORKER}: {unit} is inactive/dead" in said, said[-3000:]
+    assert f"{client}: the firewall table is missing" in said, said[-3000:]
+    assert "Problems: 2" in said, said[-3000:]
+    healthy = run_playbook("playbooks/runbooks/status.yml")
+    said = " ".join(healthy.stdout.split())
+    assert healthy.returncode == 0 and "Problems: 0" in said, said[-3000:]
+    assert f"{WORKER}: firewall ok; " in said and f"{unit} active/running" in said, said[-3000:]
+    assert "Feature flags disabled: none" in said, said[-3000:]
+
+
 def test_status_runbook_lists_the_tasks_running_now():
     # feeds runs two at a time; each sleep stops at its 3 s soft limit.
     ids = celery_python(CLIENT, SEND_SLEEPS.format(seconds=20, count=24))
@@ -217,6 +244,46 @@ def test_move_beat_runbook_never_runs_two_beats_nor_fires_twice():
     finally:
         os.remove(moved)
         back = run_playbook("playbooks/runbooks/move-beat.yml")
+    assert back.returncode == 0, back.stdout[-3000:]
+    assert _active(BEAT) and not _active(NEW_BEAT)
+
+
+# A schedule state file whose entries run a command when unpickled: what a
+# broken-into beat host could leave for the next one.
+_PLANT = r"""
+import os, shelve, sys
+class Payload:
+    def __reduce__(self):
+        return (os.system, ("touch " + sys.argv[2],))
+with shelve.open(sys.argv[1]) as store:
+    store["entries"] = Payload()
+"""
+
+
+def test_move_beat_carries_the_state_as_data_never_as_a_pickle():
+    """The previous beat host's state file is planted with entries that run
+    a command when unpickled. move-beat.yml exports the state on that host
+    (as JSON; the planted file fails there, so nothing is carried) and the
+    new host writes its own state from data: the command never runs on the
+    new host. It runs on the old one (the control: the payload is live), as
+    the celery user, where it was planted anyway."""
+    marker = f"/var/lib/celery/beat/unpickled-{uuid.uuid4().hex[:8]}"
+    host(BEAT).check_output("systemctl stop celery-beat.service")
+    host(BEAT).check_output("runuser -u celery -- /opt/celery/venv/bin/python -c %s %s %s", _PLANT,
+                            "/var/lib/celery/beat/schedule", marker)
+    moved = _moved_inventory()
+    try:
+        result = run_playbook("playbooks/runbooks/move-beat.yml", inventory=moved)
+        assert result.returncode == 0, result.stdout[-3000:]
+        assert _active(NEW_BEAT) and not _active(BEAT)
+        assert not host(NEW_BEAT).file(marker).exists, "the planted pickle ran on the new beat host"
+        assert host(BEAT).file(marker).exists, "the planted payload never ran: the test proves nothing"
+        assert host(BEAT).file(marker).user == "celery"
+        assert not host(NEW_BEAT).file("/var/lib/celery/beat/carried.json").exists
+    finally:
+        os.remove(moved)
+        back = run_playbook("playbooks/runbooks/move-beat.yml")
+        host(BEAT).run("rm -f %s", marker)
     assert back.returncode == 0, back.stdout[-3000:]
     assert _active(BEAT) and not _active(NEW_BEAT)
 
