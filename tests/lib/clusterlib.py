@@ -214,6 +214,15 @@ def all_marks():
             for token in host(worker).run("ls /var/lib/celery/marks").stdout.split()}
 
 
+def wait_until(condition, deadline, interval=2):
+    """Call condition() until it returns something true or `deadline`
+    seconds have passed; returns its last result."""
+    end = time.monotonic() + deadline
+    while not (result := condition()) and time.monotonic() < end:
+        time.sleep(interval)
+    return result
+
+
 def wait_marks(tokens, seconds):
     """Poll until every token left its mark or `seconds` passed; returns the missing ones."""
     deadline = time.monotonic() + seconds

@@ -1,10 +1,11 @@
 """The broker's ports are an allowlist: cluster hosts in, everyone else out."""
 import json
+import re
 import socket
 import tempfile
 
 import pytest
-from clusterlib import CA, group, host, http_get, password, tcp_open
+from clusterlib import CA, group, host, http_get, password, recap_changed, remote_log, run_playbook, tcp_open, wait_until
 
 BROKER = group("rabbitmq")[0]
 BROKER_NAME = "broker.celery-cluster.internal"   # cluster_broker_tls_name: every broker certificate carries it
@@ -76,3 +77,90 @@ def test_input_policy_is_drop_on_every_managed_host():
 
 def test_docker_dns_still_resolves_behind_the_firewall():
     assert host(BROKER).run("getent hosts %s", group("celery_clients")[0]).rc == 0
+
+
+# The firewall role's watch: every managed host compares its live table with
+# the one nftables.service loaded last, alerts on the log server and restores.
+WATCH = "/usr/local/sbin/celery-firewall-watch"
+WATCH_PROGRAM = "celery-firewall-watch"
+MANAGED = group("rabbitmq") + group("logserver") + group("celery")
+
+
+def watch_status(name):
+    return json.loads(host(name).check_output(f"{WATCH} status"))
+
+
+def alerts(name):
+    """The watch's alert lines of host `name`, as the log server filed them."""
+    return [line for line in remote_log(name, WATCH_PROGRAM).splitlines() if "ALERT" in line]
+
+
+def test_every_managed_host_watches_its_firewall_table():
+    for name in MANAGED:
+        status = watch_status(name)
+        assert (status["status"], status["timer"], status["restore"]) == ("ok", "active", True), (name, status)
+
+
+def test_a_deleted_flushed_or_edited_table_is_alerted_on_the_log_server_and_restored():
+    """The table deleted on a broker and on the log server, the whole
+    ruleset flushed on a client, one rule of Flower's widened to every
+    source: each opens a port to the outsider until the watch notices. Each
+    is alerted on the log server within two minutes (with what was wrong),
+    and restored: the outsider is refused again, and the host's table is
+    the one it loaded."""
+    logs, client, flower = group("logserver")[0], group("celery_clients")[0], group("flower")[0]
+    before = {name: len(alerts(name)) for name in (BROKER, logs, client, flower)}
+    # Docker's own tables (its embedded DNS) go with a flush: put back after.
+    saved_ruleset = host(client).check_output("nft list ruleset")
+    rules = host(flower).check_output("nft -a list chain inet celery_filter input")
+    handle = re.search(r'dport 5555 accept comment "[^"]*" # handle (\d+)', rules).group(1)
+    assert not tcp_open("outsider", BROKER, 5671)[0] and not tcp_open("outsider", flower, 5555)[0]
+    host(BROKER).check_output("nft delete table inet celery_filter")
+    host(logs).check_output("nft delete table inet celery_filter")
+    host(client).check_output("nft flush ruleset")
+    host(flower).check_output("nft replace rule inet celery_filter input handle %s tcp dport 5555 accept", handle)
+    try:
+        # The deletion did open the door (else the rest proves nothing),
+        # unless the watch, every 30 s, has already closed it again.
+        assert tcp_open("outsider", BROKER, 5671)[0] or alerts(BROKER)[before[BROKER]:]
+        expected = {BROKER: "is missing", logs: "is missing", client: "the whole ruleset is empty",
+                    flower: "tcp dport 5555 accept"}
+
+        def all_alerted():
+            return all(len(alerts(name)) > before[name] and needle in alerts(name)[-1]
+                       for name, needle in expected.items())
+        assert wait_until(all_alerted, 120), {name: alerts(name)[-1:] for name in expected}
+        assert wait_until(lambda: all(watch_status(name)["status"] == "ok" for name in expected), 60)
+    finally:
+        # The client's Docker tables back (and its own table, as loaded).
+        host(client).run("nft -f -", stdin="flush ruleset\n" + saved_ruleset)
+    for target, port in ((BROKER, 5671), (flower, 5555)):
+        is_open, detail = tcp_open("outsider", target, port)
+        assert not is_open, f"outsider still reaches {target}:{port} after the restore ({detail})"
+    for name in (BROKER, logs, flower):
+        assert "restored firewall table" in remote_log(name, WATCH_PROGRAM).split("ALERT")[-1], name
+
+
+def test_with_restore_off_the_alert_repeats_until_the_firewall_playbook_repairs_the_table():
+    restore_off = run_playbook("playbooks/firewall.yml", "--limit", BROKER,
+                               '--extra-vars={"firewall_watch_restore": false}')
+    assert restore_off.returncode == 0, restore_off.stdout[-3000:]
+    before = len(alerts(BROKER))
+    host(BROKER).check_output("nft delete table inet celery_filter")
+    try:
+        repeated = wait_until(lambda: len([line for line in alerts(BROKER)[before:] if "restore is off" in line]) >= 2, 150)
+        assert repeated, alerts(BROKER)[before:]
+        # Not restored: still missing, and the outsider gets in.
+        assert watch_status(BROKER)["status"] == "missing"
+        assert tcp_open("outsider", BROKER, 5671)[0]
+    finally:
+        repaired = run_playbook("playbooks/firewall.yml", "--limit", BROKER)
+    # The playbook (restore on again) found the drift before it wrote the
+    # watch's settings, and loaded the table itself.
+    assert recap_changed(repaired, BROKER) > 0
+    load_task = repaired.stdout.split("Load the new table now", 1)[1].split("TASK [", 1)[0]
+    assert f"changed: [{BROKER}]" in load_task, load_task
+    assert watch_status(BROKER) | {"last_check": None} == {
+        "status": "ok", "detail": "", "restore": True, "timer": "active", "last_check": None}
+    is_open, detail = tcp_open("outsider", BROKER, 5671)
+    assert not is_open, detail

@@ -65,29 +65,38 @@ def test_status_runbook_reports_queues_workers_and_beat():
 
 
 def test_status_runbook_exits_non_zero_naming_what_is_wrong():
-    """A pool stopped behind the bundle's back and a host whose firewall
-    table was deleted: status.yml names both, with the host, and exits
-    non-zero, so a scheduler or an alerting check can run it; repaired, it
-    prints each host's health line and exits 0."""
+    """A pool stopped behind the bundle's back, a host whose firewall table
+    was deleted with its firewall watch stopped first, and one rule edited
+    on another: status.yml names each, with the host, and exits non-zero,
+    so a scheduler or an alerting check can run it; repaired, it prints
+    each host's health line and exits 0."""
     pool = inventory_vars(WORKER)["celery_worker_pools"][0]["name"]
     unit = f"celery-worker@{pool}.service"
-    client = group("celery_clients")[0]
+    client, flower = group("celery_clients")[0], group("flower")[0]
     host(WORKER).check_output("systemctl stop %s", unit)
+    host(client).check_output("systemctl stop celery-firewall-watch.timer")
     host(client).check_output("nft delete table inet celery_filter")
+    host(flower).check_output("systemctl stop celery-firewall-watch.timer")
+    host(flower).check_output("nft add rule inet celery_filter input tcp dport 8080 accept")
     try:
         broken = run_playbook("playbooks/runbooks/status.yml")
     finally:
         host(WORKER).check_output("systemctl start %s", unit)
-        host(client).check_output("nft -f /etc/nftables.conf")
+        for name in (client, flower):
+            host(name).check_output("systemctl reload nftables")
+            host(name).check_output("systemctl start celery-firewall-watch.timer")
     said = " ".join(broken.stdout.split())
     assert broken.returncode != 0, broken.stdout[-3000:]
     assert f"{WORKER}: {unit} is inactive/dead" in said, said[-3000:]
     assert f"{client}: the firewall table is missing" in said, said[-3000:]
-    assert "Problems: 2" in said, said[-3000:]
+    assert f"{client}: the firewall watch is not running (celery-firewall-watch.timer inactive)" in said, said[-3000:]
+    assert f"{flower}: the firewall table differs from the one loaded (rules differ from the ones loaded: + tcp dport 8080 accept)" in said, said[-3000:]
+    assert "Problems: 5" in said, said[-3000:]
     healthy = run_playbook("playbooks/runbooks/status.yml")
     said = " ".join(healthy.stdout.split())
     assert healthy.returncode == 0 and "Problems: 0" in said, said[-3000:]
-    assert f"{WORKER}: firewall ok; " in said and f"{unit} active/running" in said, said[-3000:]
+    assert f"{WORKER}: firewall ok; firewall watch active, restore on; " in said, said[-3000:]
+    assert f"{unit} active/running" in said, said[-3000:]
     assert "Feature flags disabled: none" in said, said[-3000:]
 
 
