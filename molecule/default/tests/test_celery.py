@@ -170,3 +170,25 @@ def test_pools_and_beat_are_confined_and_cannot_write_where_code_is_imported(rec
     record_property("systemd_exposure", report)
     print("systemd-analyze security exposure:", json.dumps(report, sort_keys=True))
     assert all(score <= 3.0 for score in report.values()), report
+
+
+def test_a_pool_that_fails_at_start_fails_the_run_naming_it_with_its_journal():
+    """A setting the configuration module takes but the pools refuse when
+    they start (a state database in a directory that does not exist): the
+    run that deploys it fails on that host, naming each pool and printing
+    its journal, instead of ending with rc=0 while systemd restarts the
+    pools in a loop. The next run without it passes, the pools up again."""
+    worker = group("celery_workers")[-1]
+    units = [f"celery-worker@{pool['name']}.service" for pool in inventory_vars(worker)["celery_worker_pools"]]
+    bad = run_playbook("playbooks/celery.yml", "--limit", worker, "--extra-vars",
+                       json.dumps({"celery_extra_settings": {"worker_state_db": "/var/lib/celery-typo/worker.state"}}))
+    try:
+        said = " ".join(bad.stdout.split())
+        assert bad.returncode != 0, said[-3000:]
+        assert f"{worker}: {', '.join(units)} did not stay up after this run started or restarted it" in said, said[-3000:]
+        assert "/var/lib/celery-typo/worker.state" in said, said[-3000:]   # the journal, with Celery's own error
+    finally:
+        good = run_playbook("playbooks/celery.yml", "--limit", worker)
+    assert good.returncode == 0, good.stdout[-3000:]
+    for unit in units:
+        assert host(worker).service(unit).is_running, unit
