@@ -5,7 +5,8 @@ import socket
 import tempfile
 
 import pytest
-from clusterlib import CA, group, host, http_get, password, recap_changed, remote_log, run_playbook, tcp_open, wait_until
+from clusterlib import (CA, address, group, host, http_get, inventory_groups, password, recap_changed, remote_log,
+                        run_playbook, tcp_open, variant, wait_until)
 
 BROKER = group("rabbitmq")[0]
 BROKER_NAME = "broker.celery-cluster.internal"   # cluster_broker_tls_name: every broker certificate carries it
@@ -164,3 +165,32 @@ def test_with_restore_off_the_alert_repeats_until_the_firewall_playbook_repairs_
         "status": "ok", "detail": "", "restore": True, "timer": "active", "last_check": None}
     is_open, detail = tcp_open("outsider", BROKER, 5671)
     assert not is_open, detail
+
+
+def _without_host(name):
+    """The inventory with host `name` gone from every group (decommissioned)."""
+    def edit(data):
+        for group_data in inventory_groups(data).values():
+            if isinstance(group_data.get("hosts"), dict):
+                group_data["hosts"].pop(name, None)
+    return edit
+
+
+def test_a_worker_removed_from_the_inventory_can_no_longer_reach_the_broker():
+    """A worker host decommissioned by taking it out of the inventory: the
+    next broker.yml drops its address from the broker's allowlist, so the
+    host (and whoever owns it now) no longer reaches AMQPS; put back, it
+    does again."""
+    worker = group("celery_workers")[-1]
+    assert tcp_open(worker, BROKER, 5671)[0]
+    try:
+        removed = run_playbook("playbooks/broker.yml", inventory=variant("no-" + worker, _without_host(worker)))
+        assert removed.returncode == 0, removed.stdout[-3000:]
+        allowlist = host(BROKER).check_output("cat /etc/nftables.d/rabbitmq.nft")
+        assert not re.search(rf"(?<![0-9.]){re.escape(address(worker))}(?![0-9])", allowlist), allowlist
+        is_open, detail = tcp_open(worker, BROKER, 5671)
+        assert not is_open, f"{worker}, out of the inventory, still reaches {BROKER}:5671 ({detail})"
+    finally:
+        restored = run_playbook("playbooks/broker.yml")
+    assert restored.returncode == 0, restored.stdout[-3000:]
+    assert tcp_open(worker, BROKER, 5671)[0]
