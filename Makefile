@@ -19,7 +19,7 @@ lab: image secrets lab-up converge
 ## Run every test: lint, syntax, unit tests, molecule scenarios.
 test: image secrets lint unit molecule
 
-## Benchmark: deploy cost and cluster figures, written to bench/ (README).
+## Benchmark: deploy cost and cluster figures, written to bench/ (docs/benchmark.md).
 bench: image secrets
 	python3 scripts/bench.py $(BENCH_ARGS)
 
