@@ -136,14 +136,28 @@ def test_the_cluster_settings_have_no_problems():
     ({"celery_task_serializer": "json", "celery_accept_content": ["json", "pickle"],
       "celery_result_serializer": "json"}, "pickle"),
     ({"celery_security_cert_store": "signers/*.pem"}, "celery_security_cert_store"),
+    # Read by Celery's own code (the crontab and rate parsers, the time zone
+    # lookup, the table of its settings), not by a copy of its rules:
+    ({"celery_timezone": "Mars/Olympus"}, "celery_timezone='Mars/Olympus': Celery cannot find this time zone"),
+    ({"celery_task_default_rate_limit": "10/x"}, "celery_task_default_rate_limit='10/x': Celery cannot read it"),
+    ({"celery_task_annotations": {"*": {"rate_limit": "0/s"}}}, "reads it as no limit at all"),
+    ({"celery_extra_settings": {"worker_prefetch_multipler": 2}},
+     "celery_extra_settings.worker_prefetch_multipler: Celery has no such setting and would ignore it "
+     "(did you mean worker_prefetch_multiplier?)"),
+    ({"celery_extra_settings": {"worker_concurrency": "4"}}, "celery_extra_settings.worker_concurrency='4'"),
+    ({"celery_extra_settings": {"worker_send_task_events": "no"}}, "of type bool"),
+    ({"celery_version": "5.5.0"}, "celery_version='5.5.0' but the controller's Celery is"),
 ])
 def test_values_celery_would_reject_are_named(override, names):
     problems = filters.celery_config_problems(settings(**override))
     assert len(problems) == 1 and names in problems[0], problems
 
 
+# month_of_year "jan": the hand-written copy of the crontab rules this role
+# had refused it; Celery takes month names.
 @pytest.mark.parametrize("field, value", [("minute", "*/15"), ("hour", "0-23"), ("day_of_week", "mon-fri"),
-                                          ("day_of_month", "1,15"), ("month_of_year", "*/3")])
+                                          ("day_of_month", "1,15"), ("month_of_year", "*/3"),
+                                          ("month_of_year", "jan"), ("minute", 5)])
 def test_valid_crontab_fields_pass_and_celery_agrees(field, value):
     assert filters._crontab_field_problem(field, value) is None
     crontab(**{field: value})  # Celery accepts it too

@@ -6,49 +6,75 @@ and the same rules that Celery applies are checked here first, so that the
 preflight play can refuse bad input before anything changes.
 """
 import base64
+import difflib
 import hashlib
 import re
 
-COMPRESSIONS = ("gzip", "bzip2", "zlib", "lzma", "zstd", "brotli")
-CRONTAB_FIELDS = {  # field: (lowest, highest)
-    "minute": (0, 59),
-    "hour": (0, 23),
-    "day_of_week": (0, 6),
-    "day_of_month": (1, 31),
-    "month_of_year": (1, 12),
-}
+# Values are read by Celery's own code, on the controller: the crontab
+# parser, the rate-limit parser, the time zone lookup, kombu's compression
+# registry and the table of Celery's settings. requirements-dev.txt pins the
+# Celery that celery_version names; another version on the controller is
+# refused (celery_config_problems), so preflight reads the settings as the
+# hosts' Celery will.
+try:
+    import celery
+    from celery.app.defaults import NAMESPACES as CELERY_NAMESPACES
+    from celery.app.defaults import flatten as celery_flatten_settings
+    from celery.schedules import crontab as celery_crontab
+    from celery.utils.time import rate as celery_rate
+    from celery.utils.time import timezone as celery_timezones
+    from kombu import compression as kombu_compression
+except ImportError:  # reported by celery_config_problems, naming the fix
+    celery = None
+
+CRONTAB_FIELDS = ("minute", "hour", "day_of_week", "day_of_month", "month_of_year")
 SERIALIZERS = ("auth", "json", "msgpack", "yaml", "pickle")
 DIGESTS = ("sha256", "sha384", "sha512", "sha224", "sha3_256", "sha3_384", "sha3_512")
-DAY_NAMES = {"sun": 0, "mon": 1, "tue": 2, "wed": 3, "thu": 4, "fri": 5, "sat": 6}
+# Python types a setting of each of Celery's option types must have to be
+# read as written (Celery does not convert values from a config module).
+OPTION_TYPES = {"int": (int,), "float": (int, float), "bool": (bool,), "string": (str,), "str": (str,),
+                "dict": (dict,), "list": (list, tuple), "tuple": (list, tuple)}
 
 
 def _crontab_field_problem(field, value):
-    """None when `value` is a crontab field Celery accepts, else why not."""
-    low, high = CRONTAB_FIELDS[field]
-    text = str(value).strip().lower()
-    if text == "":
-        return "is empty"
-    for part in text.split(","):
-        step = None
-        if "/" in part:
-            part, step = part.split("/", 1)
-            if not step.isdigit() or int(step) == 0:
-                return f"has an invalid step '/{step}'"
-        if part == "*":
-            continue
-        bounds = part.split("-", 1)
-        numbers = []
-        for bound in bounds:
-            if field == "day_of_week" and bound[:3] in DAY_NAMES:
-                numbers.append(DAY_NAMES[bound[:3]])
-            elif bound.isdigit():
-                numbers.append(int(bound))
-            else:
-                return f"has '{bound}', which is not a number"
-        for number in numbers:
-            if not low <= number <= high:
-                return f"has {number}, outside {low}-{high}"
+    """None when Celery's crontab parser takes `value` for `field`, else its words."""
+    try:
+        celery_crontab(**{field: value})
+    except Exception as error:  # noqa: BLE001 - ValueError, ParseException...: Celery's refusal, shown as is
+        return f"is refused by Celery's crontab: {error}"
     return None
+
+
+def _rate_problem(value):
+    """None when Celery reads `value` as a rate limit, else why not."""
+    try:
+        per_second = celery_rate(value)
+    except (ValueError, KeyError, TypeError, AttributeError) as error:
+        return f"Celery cannot read it as a rate ({type(error).__name__}: {error}): use N/s, N/m or N/h"
+    if per_second <= 0:
+        return "Celery reads it as no limit at all: use null for no limit"
+    return None
+
+
+def _extra_settings_problems(extra):
+    """celery_extra_settings: names Celery does not know are ignored by it
+    silently, old upper-case names next to new ones make it refuse to start,
+    and values of the wrong type are used as they are."""
+    if not isinstance(extra, dict):
+        return [f"celery_extra_settings={extra!r}: a mapping of Celery setting names to values"]
+    options = dict(celery_flatten_settings(CELERY_NAMESPACES))
+    problems = []
+    for name, value in extra.items():
+        where = f"celery_extra_settings.{name}"
+        if name not in options:
+            close = difflib.get_close_matches(str(name), list(options), n=1)
+            problems.append(f"{where}: Celery has no such setting and would ignore it"
+                            + (f" (did you mean {close[0]}?)" if close else ""))
+            continue
+        wanted = OPTION_TYPES.get(str(options[name].type))
+        if value is not None and wanted and (not isinstance(value, wanted) or (bool not in wanted and isinstance(value, bool))):
+            problems.append(f"{where}={value!r}: Celery's setting {name} is of type {options[name].type}")
+    return problems
 
 
 def _serializer_problems(settings):
@@ -95,12 +121,33 @@ def _serializer_problems(settings):
 
 
 def celery_config_problems(settings):
-    """Every reason Celery would reject these settings, naming the variable."""
+    """Every reason Celery would reject these settings, or read them
+    otherwise than written, naming the variable."""
+    if celery is None:
+        return ["Celery is not installed on the controller: `pip install -r requirements-dev.txt` "
+                "(preflight reads the celery_* settings with Celery's own code)"]
     problems = []
+    version = settings.get("celery_version")
+    if version and str(version) != celery.__version__:
+        problems.append(f"celery_version={version!r} but the controller's Celery is {celery.__version__}: "
+                        f"`pip install celery=={version}` on the controller, so preflight reads the settings "
+                        "with the Celery the hosts will run")
     problems.extend(_serializer_problems(settings))
     compression = settings.get("celery_task_compression")
-    if compression not in (None, "") and compression not in COMPRESSIONS:
-        problems.append(f"celery_task_compression={compression!r}: use one of {', '.join(COMPRESSIONS)} or null")
+    if compression not in (None, ""):
+        try:
+            kombu_compression.get_encoder(compression)
+        except KeyError:
+            problems.append(f"celery_task_compression={compression!r}: kombu has no such compression "
+                            f"(has {', '.join(sorted(kombu_compression._aliases))}; "  # noqa: SLF001 - kombu's only list of names
+                            "zstd and brotli need their library, on the hosts and the controller) or null")
+    zone = settings.get("celery_timezone")
+    if zone is not None:
+        try:
+            celery_timezones.get_timezone(zone)
+        except Exception as error:  # noqa: BLE001 - ZoneInfoNotFoundError, ValueError...: Celery's refusal
+            problems.append(f"celery_timezone={zone!r}: Celery cannot find this time zone ({error})")
+    problems.extend(_extra_settings_problems(settings.get("celery_extra_settings") or {}))
     for name in ("celery_task_time_limit", "celery_task_soft_time_limit"):
         value = settings.get(name)
         if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0):
@@ -114,14 +161,13 @@ def celery_config_problems(settings):
     retries = settings.get("celery_result_backend_max_retries")
     if retries is not None and (not isinstance(retries, int) or isinstance(retries, bool) or retries < 0):
         problems.append(f"celery_result_backend_max_retries={retries!r}: a whole number, 0 or more, or null")
-    rate = re.compile(r"^\d+(\.\d+)?/[smh]$")
     default_rate = settings.get("celery_task_default_rate_limit")
-    if default_rate not in (None, "") and not rate.match(str(default_rate)):
-        problems.append(f"celery_task_default_rate_limit={default_rate!r}: use N/s, N/m or N/h")
+    if default_rate not in (None, "") and (problem := _rate_problem(default_rate)):
+        problems.append(f"celery_task_default_rate_limit={default_rate!r}: {problem}")
     for task, annotation in (settings.get("celery_task_annotations") or {}).items():
         limit = (annotation or {}).get("rate_limit")
-        if limit not in (None, "") and not rate.match(str(limit)):
-            problems.append(f"celery_task_annotations[{task!r}].rate_limit={limit!r}: use N/s, N/m or N/h")
+        if limit not in (None, "") and (problem := _rate_problem(limit)):
+            problems.append(f"celery_task_annotations[{task!r}].rate_limit={limit!r}: {problem}")
     queues = set(settings.get("celery_task_queues") or [])
     for index, rule in enumerate(settings.get("celery_task_routes") or []):
         where = f"celery_task_routes[{index}]"
