@@ -158,23 +158,22 @@ def recap_changed(result, name):
     return int(found.group(1))
 
 
-CELERY_ENV = "env PYTHONPATH=/etc/celery CELERY_CONFIG_MODULE=celeryconfig"
+# The celery role's handle: the celery command line and the venv's Python as
+# the services run them (the celery user, the cluster's configuration module).
+CELERY = "celery-cluster"
 
 
 def celery_python(source_host, code, timeout=120):
     """Run Python with the host's Celery app (as the celery user); returns the
     last stdout line parsed as JSON."""
-    out = host(source_host).check_output(
-        "timeout %s runuser -u celery -- " + CELERY_ENV + " /opt/celery/venv/bin/python -c %s", str(timeout), code)
+    out = host(source_host).check_output("timeout %s " + CELERY + " python -c %s", str(timeout), code)
     return json.loads(out.splitlines()[-1])
 
 
 def celery_cli(source_host, *args):
     """The celery command line of the host's app (through the entry module,
     celery_cluster, as the services run it), as the celery user."""
-    return host(source_host).run(
-        "runuser -u celery -- " + CELERY_ENV + " /opt/celery/venv/bin/celery --app celery_cluster " + " ".join(["%s"] * len(args)),
-        *args)
+    return host(source_host).run(CELERY + " " + " ".join(["%s"] * len(args)), *args)
 
 
 def inventory_groups(data):

@@ -10,7 +10,7 @@ import subprocess
 import time
 import uuid
 
-from clusterlib import CELERY_ENV, all_marks, beat_sent, celery_cli, celery_python, group, host, inventory_vars, wait_marks
+from clusterlib import CELERY, all_marks, beat_sent, celery_cli, celery_python, group, host, inventory_vars, wait_marks
 
 BROKERS = group("rabbitmq")
 PRODUCER = group("celery_beat")[0]
@@ -69,8 +69,7 @@ def test_a_task_whose_process_is_killed_is_redelivered_and_completes():
               "r = app.send_task('feed.tasks.sleep', [30], soft_time_limit=60, time_limit=90)\n"
               "open('/tmp/killed.id', 'w').write(r.id)\n"
               "open('/tmp/killed.result', 'w').write(json.dumps(r.get(timeout=240)))\n")
-    producer.check_output("(timeout 300 runuser -u celery -- " + CELERY_ENV
-                          + " /opt/celery/venv/bin/python -c %s > /tmp/killed.log 2>&1 &)", waiter)
+    producer.check_output("(timeout 300 " + CELERY + " python -c %s > /tmp/killed.log 2>&1 &)", waiter)
     # Find the prefork child running it, then SIGKILL it mid-task.
     pid, task_id = None, None
     deadline = time.monotonic() + 40
@@ -134,8 +133,7 @@ def test_tasks_published_before_during_and_after_a_broker_stop_all_complete():
             "    out.write(t + '\\n'); time.sleep(0.25)\n")
     producer = host(PRODUCER)
     producer.check_output("rm -f /tmp/flow.tokens")
-    producer.check_output("(timeout 600 runuser -u celery -- " + CELERY_ENV
-                          + " /opt/celery/venv/bin/python -c %s > /tmp/flow.log 2>&1 &)", loop)
+    producer.check_output("(timeout 600 " + CELERY + " python -c %s > /tmp/flow.log 2>&1 &)", loop)
     time.sleep(15)
     at_stop = len(producer.check_output("cat /tmp/flow.tokens").split())
     host(first).check_output("systemctl stop rabbitmq-server")

@@ -4,7 +4,7 @@ import re
 import time
 
 import pytest
-from clusterlib import CELERY_ENV, celery_cli, celery_python, group, host, inventory_vars, run_playbook, wait_marks
+from clusterlib import CELERY, celery_cli, celery_python, group, host, inventory_vars, run_playbook, wait_marks
 
 CLIENT = group("celery_clients")[0]
 MONITOR = group("flower")[0]    # inspect and control belong to the monitoring user
@@ -102,8 +102,7 @@ def test_changing_a_setting_restarts_workers_without_losing_a_task_in_flight():
             "    t = uuid.uuid4().hex\n    app.send_task('web.tasks.mark', [t, 0.5], ignore_result=True)\n"
             "    out.write(t + '\\n'); time.sleep(0.25)\n")
     before = pool_pids()
-    client.check_output("(timeout 900 runuser -u celery -- " + CELERY_ENV
-                        + " /opt/celery/venv/bin/python -c %s > /tmp/restart.log 2>&1 &)", loop)
+    client.check_output("(timeout 900 " + CELERY + " python -c %s > /tmp/restart.log 2>&1 &)", loop)
     try:
         # A real configuration change, applied by the real playbook: the pools restart (warm).
         changed = run_playbook("playbooks/celery.yml", "--limit", "celery_workers",

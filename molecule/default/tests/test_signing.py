@@ -11,7 +11,7 @@ import time
 import uuid
 
 import pytest
-from clusterlib import CELERY_ENV, amqp_session, celery_python, group, host, run_playbook, wait_marks
+from clusterlib import CELERY, amqp_session, celery_python, group, host, run_playbook, wait_marks
 
 CLIENT = group("celery_clients")[0]
 WORKERS = group("celery_workers")
@@ -216,8 +216,7 @@ def test_rotation_loses_no_task_and_retires_the_old_certificates():
             "while not os.path.exists('/tmp/rotation.stop'):\n"
             "    t = uuid.uuid4().hex\n    app.send_task('web.tasks.mark', [t], ignore_result=True)\n"
             "    out.write(t + '\\n'); time.sleep(0.3)\n")
-    client.check_output("(timeout 900 runuser -u celery -- " + CELERY_ENV
-                        + " /opt/celery/venv/bin/python -c %s > /tmp/rotation.log 2>&1 &)", loop)
+    client.check_output("(timeout 900 " + CELERY + " python -c %s > /tmp/rotation.log 2>&1 &)", loop)
     try:
         result = run_playbook("playbooks/runbooks/rotate-signing.yml",
                               '--extra-vars={"rotate_signing_phases": ["prepare"]}')
