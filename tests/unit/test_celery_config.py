@@ -144,7 +144,7 @@ def test_the_cluster_settings_have_no_problems():
     ({"celery_extra_settings": {"worker_prefetch_multipler": 2}},
      "celery_extra_settings.worker_prefetch_multipler: Celery has no such setting and would ignore it "
      "(did you mean worker_prefetch_multiplier?)"),
-    ({"celery_extra_settings": {"worker_concurrency": "4"}}, "celery_extra_settings.worker_concurrency='4'"),
+    ({"celery_extra_settings": {"worker_max_tasks_per_child": "4"}}, "celery_extra_settings.worker_max_tasks_per_child='4'"),
     ({"celery_extra_settings": {"worker_send_task_events": "no"}}, "of type bool"),
     ({"celery_version": "5.5.0"}, "celery_version='5.5.0' but the controller's Celery is"),
 ])
