@@ -10,7 +10,8 @@ import subprocess
 import time
 import uuid
 
-from clusterlib import CELERY, all_marks, beat_sent, celery_cli, celery_python, group, host, inventory_vars, wait_marks
+from clusterlib import (CELERY, all_marks, beat_sent, celery_cli, celery_python, group, host, inventory_vars, wait_marks,
+                        wait_until)
 
 BROKERS = group("rabbitmq")
 PRODUCER = group("celery_beat")[0]
@@ -164,16 +165,32 @@ def container(name):
 
 def test_a_restarted_beat_host_resumes_and_fires_no_entry_twice():
     start = time.time()
-    time.sleep(25)
+
+    def since_start():
+        return beat_sent(PRODUCER, int(time.time() - start) + 2)
+
+    def fired(entries, name, after=0.0):
+        return [t for t, entry in entries if entry == name and t > after]
+
+    def firing(after, crontab):
+        """What beat sent, once it fired two 10-second entries after `after`
+        (and its once-a-minute crontab entry too, when asked); else None."""
+        entries = since_start()
+        done = len(fired(entries, "heartbeat-every-10s", after)) >= 2
+        return entries if done and (not crontab or fired(entries, "heartbeat-every-minute", after)) else None
+
+    sent = wait_until(lambda: firing(start, crontab=False), 60)
+    assert sent, f"beat fired no entry before the restart: {since_start()}"
     # The whole host, not only the service: the container reboots (systemd,
     # firewall, beat from its unit) and beat keeps its schedule state on disk.
-    sent = beat_sent(PRODUCER, int(time.time() - start) + 2)
     subprocess.run(["docker", "restart", "--time", "30", container(PRODUCER)], check=True, timeout=120)
     rebooted = time.time()
     host(PRODUCER).check_output("systemctl is-system-running --wait || true")
-    time.sleep(95)  # spans at least one crontab minute after the restart
+    # Until beat fired its crontab entry after the restart too: a minute it
+    # fired before the restart and fires again on start shows up below.
+    after = wait_until(lambda: firing(rebooted, crontab=True), 150, 5)
     # The journal may not outlive the restart: what beat sent before it was read above.
-    sent = sorted(set(sent) | set(beat_sent(PRODUCER, int(time.time() - start) + 2)))
+    sent = sorted(set(sent) | set(after or since_start()))
     interval = [t for t, name in sent if name == "heartbeat-every-10s"]
     minutes = [int(t // 60) for t, name in sent if name == "heartbeat-every-minute"]
     assert [t for t in interval if t > rebooted], "beat did not resume after the host restarted:\n" + host(PRODUCER).run(

@@ -8,7 +8,7 @@ import uuid
 
 import yaml
 from clusterlib import (INVENTORY, PROJECT, amqp_session, celery_cli, celery_python, group, host, inventory_groups,
-                        inventory_vars, run_playbook)
+                        inventory_vars, run_playbook, wait_until)
 
 BROKER = group("rabbitmq")[0]
 WORKER = group("celery_workers")[0]
@@ -246,7 +246,10 @@ def test_move_beat_runbook_never_runs_two_beats_nor_fires_twice():
         stopped = max(t for t, kind in old if kind == "stop")
         started = min(t for t, kind in new if kind == "start")
         assert stopped <= started, "the new beat started before the old one stopped"
-        time.sleep(65)   # let the new beat reach its next minute
+        # Until the new beat fired its once-a-minute entry: a minute the old
+        # one fired already and the new one fires again shows up below.
+        assert wait_until(lambda: [t for t, kind in _beat_events(NEW_BEAT, since) if kind == "minute"], 90, 3), \
+            "the new beat never fired its once-a-minute entry"
         minutes = [int(t // 60) for t, kind in _beat_events(BEAT, minute_start) + _beat_events(NEW_BEAT, minute_start)
                    if kind == "minute"]
         assert len(minutes) == len(set(minutes)), "an entry fired twice for one period"
