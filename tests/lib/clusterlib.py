@@ -97,6 +97,8 @@ try:
             kind = action[0]
             if kind == "declare":
                 ch.queue_declare(action[1], durable=True, auto_delete=False)
+            elif kind == "declare_transient":  # non-durable, non-exclusive (RabbitMQ 4 deprecates it)
+                ch.queue_declare(action[1], durable=False, auto_delete=True)
             elif kind == "exchange":
                 ch.exchange_declare(action[1], "topic", durable=True, auto_delete=False)
             elif kind == "bind":  # ["bind", queue, exchange, routing_key]
