@@ -3,17 +3,14 @@
 # full `molecule test` sequence (destroy, syntax, create, prepare, converge,
 # idempotence, verify, destroy).
 #
-# Overlapped on purpose, as a pipeline: one converge at a time, the verifies
-# side by side. The first scenario (the biggest, `default`) runs in the
-# foreground; once its converge and idempotence are done, the next scenario
-# starts in the background while default's verify runs; once that one is
-# converged and idempotent, the one after it starts beside both verifies,
-# and so on. Converges keep both cores busy; verifies mostly wait on tasks,
-# services and timeouts. Each scenario has its own containers, network, CA
-# and artifacts directory, so they share nothing but the Docker engine and
-# the apt cache. The background scenarios' output goes to
-# artifacts/<scenario>/molecule.log and its tail is printed here when one
-# fails.
+# Overlapped on purpose: the first scenario (the biggest, `default`) runs in
+# the foreground; once its converge and idempotence are done, the others run
+# one after another in the background while its verify runs. Converges keep
+# both cores busy; the verify mostly waits on tasks, services and timeouts.
+# Each scenario has its own containers, network, CA and artifacts directory,
+# so they share nothing but the Docker engine and the apt cache. The
+# background scenarios' output goes to artifacts/<scenario>/molecule.log and
+# its tail is printed here when one fails.
 #
 # MOLECULE_SEQUENTIAL=1 runs them one after another instead.
 #
@@ -47,76 +44,44 @@ first=$1
 shift
 rest=("$@")
 
-log_of() { echo "artifacts/$1/molecule.log"; }
-
-failed() {
-  echo "molecule: $1 FAILED at $(date +%T); the end of $(log_of "$1"):"
-  tail -n 250 "$(log_of "$1")"
-}
-
-# Up to a converged, idempotent cluster (the whole test for an unmanaged
-# scenario, whose sequence ssh-scenario.sh runs in one go).
-converged() {
-  if unmanaged "$1"; then
-    scripts/ssh-scenario.sh "$1"
-  else
-    molecule destroy --scenario-name "$1" && molecule syntax --scenario-name "$1" \
-      && molecule converge --scenario-name "$1" && molecule idempotence --scenario-name "$1"
+one_in_background() {
+  local scenario=$1
+  mkdir -p "artifacts/$scenario"
+  echo "molecule: $scenario started in the background at $(date +%T)"
+  if ! scenario_test "$scenario" >"artifacts/$scenario/molecule.log" 2>&1; then
+    echo "molecule: $scenario FAILED at $(date +%T); the end of artifacts/$scenario/molecule.log:"
+    tail -n 250 "artifacts/$scenario/molecule.log"
+    return 1
   fi
+  echo "molecule: $scenario passed at $(date +%T) (artifacts/$scenario/molecule.log)"
 }
 
-# The rest of the test: verify, then destroy whatever happened.
-verified() {
-  unmanaged "$1" && return 0
-  local status=0
-  molecule verify --scenario-name "$1" || status=1
-  molecule destroy --scenario-name "$1" || status=1
-  return "$status"
-}
-
-# The other scenarios: each one's converge waits for the one before it to be
-# converged; their verifies overlap. Side by side, two converges and
-# default's verify loaded this 2-core machine to a load average of 14 and a
-# pool missed `celery inspect`'s 10 s timeout.
+# The other scenarios one after another: side by side with default's verify
+# they loaded this 2-core machine to a load average of 14 and a pool missed
+# `celery inspect`'s 10 s timeout.
 background() {
-  local scenario pids=() names=() status=0 i
+  local scenario
   for scenario in "${rest[@]}"; do
-    mkdir -p "artifacts/$scenario"
-    echo "molecule: $scenario started in the background at $(date +%T)"
-    # At a lower CPU priority: the verifies beside it time their checks.
-    if ! (renice -n 10 "$BASHPID" >/dev/null && converged "$scenario") >"$(log_of "$scenario")" 2>&1; then
-      failed "$scenario"
-      unmanaged "$scenario" || molecule destroy --scenario-name "$scenario" >>"$(log_of "$scenario")" 2>&1 || true
-      status=1
-      break
-    fi
-    unmanaged "$scenario" || echo "molecule: $scenario converged at $(date +%T); its verify goes on beside the next"
-    { verified "$scenario" >>"$(log_of "$scenario")" 2>&1; } &
-    pids+=("$!")
-    names+=("$scenario")
+    one_in_background "$scenario" || return 1
   done
-  for i in "${!pids[@]}"; do
-    if wait "${pids[$i]}"; then
-      echo "molecule: ${names[$i]} passed at $(date +%T) ($(log_of "${names[$i]}"))"
-    else
-      failed "${names[$i]}"
-      status=1
-    fi
-  done
-  return "$status"
 }
 
 status=0
 bg_pid=
-if converged "$first"; then
+# The first scenario: up to a converged, idempotent cluster.
+molecule destroy --scenario-name "$first"
+molecule syntax --scenario-name "$first"
+if molecule converge --scenario-name "$first" && molecule idempotence --scenario-name "$first"; then
   background &
   bg_pid=$!
-  verified "$first" || status=1
+  molecule verify --scenario-name "$first" || status=1
 else
   status=1
-  unmanaged "$first" || molecule destroy --scenario-name "$first" || true
 fi
+molecule destroy --scenario-name "$first" || status=1
 if [[ -n $bg_pid ]]; then
   wait "$bg_pid" || status=1
+elif (( status == 0 )); then
+  background || status=1
 fi
 exit "$status"
