@@ -16,16 +16,29 @@ import re
 # Celery that celery_version names; another version on the controller is
 # refused (celery_config_problems), so preflight reads the settings as the
 # hosts' Celery will.
-try:
-    import celery
-    from celery.app.defaults import NAMESPACES as CELERY_NAMESPACES
-    from celery.app.defaults import flatten as celery_flatten_settings
-    from celery.schedules import crontab as celery_crontab
-    from celery.utils.time import rate as celery_rate
-    from celery.utils.time import timezone as celery_timezones
-    from kombu import compression as kombu_compression
-except ImportError:  # reported by celery_config_problems, naming the fix
-    celery = None
+#
+# Imported on first use, not with this file: Ansible loads every filter plugin
+# of the roles into each task's worker process (one per task and host), and
+# importing Celery there took about two thirds of a preflight run's CPU.
+_CELERY = {}
+
+
+def _celery():
+    """Celery's own parsers and tables, or None when Celery is not installed."""
+    if not _CELERY:
+        try:
+            import celery  # noqa: PLC0415 - imported on first use, see above
+            from celery.app.defaults import NAMESPACES, flatten  # noqa: PLC0415
+            from celery.schedules import crontab  # noqa: PLC0415
+            from celery.utils.time import rate, timezone  # noqa: PLC0415
+            from kombu import compression  # noqa: PLC0415
+        except ImportError:  # reported by celery_config_problems, naming the fix
+            _CELERY["missing"] = True
+        else:
+            _CELERY.update(version=celery.__version__, namespaces=NAMESPACES, flatten=flatten,
+                           crontab=crontab, rate=rate, timezones=timezone, compression=compression)
+    return None if "missing" in _CELERY else _CELERY
+
 
 CRONTAB_FIELDS = ("minute", "hour", "day_of_week", "day_of_month", "month_of_year")
 SERIALIZERS = ("auth", "json", "msgpack", "yaml", "pickle")
@@ -39,7 +52,7 @@ OPTION_TYPES = {"int": (int,), "float": (int, float), "bool": (bool,), "string":
 def _crontab_field_problem(field, value):
     """None when Celery's crontab parser takes `value` for `field`, else its words."""
     try:
-        celery_crontab(**{field: value})
+        _celery()["crontab"](**{field: value})
     except Exception as error:  # noqa: BLE001 - ValueError, ParseException...: Celery's refusal, shown as is
         return f"is refused by Celery's crontab: {error}"
     return None
@@ -48,7 +61,7 @@ def _crontab_field_problem(field, value):
 def _rate_problem(value):
     """None when Celery reads `value` as a rate limit, else why not."""
     try:
-        per_second = celery_rate(value)
+        per_second = _celery()["rate"](value)
     except (ValueError, KeyError, TypeError, AttributeError) as error:
         return f"Celery cannot read it as a rate ({type(error).__name__}: {error}): use N/s, N/m or N/h"
     if per_second <= 0:
@@ -62,7 +75,8 @@ def _extra_settings_problems(extra):
     and values of the wrong type are used as they are."""
     if not isinstance(extra, dict):
         return [f"celery_extra_settings={extra!r}: a mapping of Celery setting names to values"]
-    options = dict(celery_flatten_settings(CELERY_NAMESPACES))
+    found = _celery()
+    options = dict(found["flatten"](found["namespaces"]))
     problems = []
     for name, value in extra.items():
         where = f"celery_extra_settings.{name}"
@@ -123,28 +137,29 @@ def _serializer_problems(settings):
 def celery_config_problems(settings):
     """Every reason Celery would reject these settings, or read them
     otherwise than written, naming the variable."""
-    if celery is None:
+    found = _celery()
+    if found is None:
         return ["Celery is not installed on the controller: `pip install -r requirements-dev.txt` "
                 "(preflight reads the celery_* settings with Celery's own code)"]
     problems = []
     version = settings.get("celery_version")
-    if version and str(version) != celery.__version__:
-        problems.append(f"celery_version={version!r} but the controller's Celery is {celery.__version__}: "
+    if version and str(version) != found["version"]:
+        problems.append(f"celery_version={version!r} but the controller's Celery is {found['version']}: "
                         f"`pip install celery=={version}` on the controller, so preflight reads the settings "
                         "with the Celery the hosts will run")
     problems.extend(_serializer_problems(settings))
     compression = settings.get("celery_task_compression")
     if compression not in (None, ""):
         try:
-            kombu_compression.get_encoder(compression)
+            found["compression"].get_encoder(compression)
         except KeyError:
             problems.append(f"celery_task_compression={compression!r}: kombu has no such compression "
-                            f"(has {', '.join(sorted(kombu_compression._aliases))}; "  # noqa: SLF001 - kombu's only list of names
+                            f"(has {', '.join(sorted(found['compression']._aliases))}; "  # noqa: SLF001 - kombu's only list of names
                             "zstd and brotli need their library, on the hosts and the controller) or null")
     zone = settings.get("celery_timezone")
     if zone is not None:
         try:
-            celery_timezones.get_timezone(zone)
+            found["timezones"].get_timezone(zone)
         except Exception as error:  # noqa: BLE001 - ZoneInfoNotFoundError, ValueError...: Celery's refusal
             problems.append(f"celery_timezone={zone!r}: Celery cannot find this time zone ({error})")
     problems.extend(_extra_settings_problems(settings.get("celery_extra_settings") or {}))
