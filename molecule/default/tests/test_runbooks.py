@@ -34,6 +34,14 @@ def active_queues():
     return {node: sorted(q["name"] for q in queues) for node, queues in json.loads(out.stdout.strip().splitlines()[-1]).items()}
 
 
+def every_pool_answers():
+    """True once every pool of the inventory answers with exactly its queues."""
+    try:
+        return active_queues() == expected_queues()
+    except (AssertionError, ValueError, IndexError):   # no answer yet, or no JSON
+        return False
+
+
 # Fire and forget: tasks that keep the feeds pool busy for a while.
 SEND_SLEEPS = """
 import json
@@ -85,6 +93,8 @@ def test_status_runbook_exits_non_zero_naming_what_is_wrong():
         for name in (client, flower):
             host(name).check_output("systemctl reload nftables")
             host(name).check_output("systemctl start celery-firewall-watch.timer")
+        # The restarted pool is healthy once it answers, not when systemd has started it.
+        assert wait_until(every_pool_answers, 120, 3), "the restarted pool does not answer"
     said = " ".join(broken.stdout.split())
     assert broken.returncode != 0, broken.stdout[-3000:]
     assert f"{WORKER}: {unit} is inactive/dead" in said, said[-3000:]
