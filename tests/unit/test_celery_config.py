@@ -4,6 +4,8 @@ value Celery would reject is refused by name before anything is deployed."""
 import importlib.util
 import pathlib
 import re
+import subprocess
+import sys
 import types
 
 import pytest
@@ -189,3 +191,28 @@ def test_signer_store_names_each_certificate_once_per_content():
     assert len(store) == 1
     (name, content), = store.items()
     assert re.fullmatch(r"w1@[0-9a-f]{16}\.pem", name) and content == pem
+
+
+def _fresh_python(code):
+    """Run `code` in a new interpreter (this one has imported Celery already)."""
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+
+
+LOAD_PLUGIN = ("import importlib.util, sys\n"
+               f"spec = importlib.util.spec_from_file_location('f', {str(ROOT / 'roles/celery/filter_plugins/celery_config.py')!r})\n"
+               "f = importlib.util.module_from_spec(spec); spec.loader.exec_module(f)\n")
+
+
+def test_loading_the_plugin_does_not_import_celery():
+    """Ansible loads every filter plugin of the roles into each task's worker
+    process; Celery is imported only by the checks that read it."""
+    before, after = _fresh_python(LOAD_PLUGIN + "print('celery' in sys.modules)\n"
+                                  "f.celery_config_problems({'celery_timezone': 'UTC'})\n"
+                                  "print('celery' in sys.modules)\n")
+    assert (before, after) == ("False", "True")
+
+
+def test_a_controller_without_celery_is_told_how_to_install_it():
+    problems = _fresh_python("import sys; sys.modules['celery'] = None\n" + LOAD_PLUGIN +
+                             "print(len(f.celery_config_problems({})), f.celery_config_problems({})[0])")
+    assert problems[0] == "1" and "pip install -r requirements-dev.txt" in " ".join(problems)
