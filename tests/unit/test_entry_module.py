@@ -381,7 +381,7 @@ def test_services_runbooks_and_test_helpers_use_the_entry_module():
         if path.name == "celery_cluster.py.j2":
             continue  # the entry module itself names the operator's app
         text = path.read_text()
-        for match in re.finditer(r"(?:--app|CELERY_APP=)[\s,\"']*([\w.:${}]+)", text):
+        for match in re.finditer(r"(?:--app\b|CELERY_APP=)[\s,\"']*([\w.:${}]+)", text):
             assert match.group(1) in ("celery_cluster", "${CELERY_APP}"), f"{path}: {match.group(0)}"
         assert "celery_app_module" not in text, path
         assert "from celery_example.app import" not in text, path
