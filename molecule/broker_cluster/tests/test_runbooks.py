@@ -3,6 +3,11 @@ the other files (pytest's order): test_cluster.py needs `media` unconsumed.
 
 - add-workers: a pool added to the inventory consumes its queue and runs its
   tasks; dropped from the inventory again, it is stopped and disabled.
+- backup and restore: a backup is refused without a passphrase and writes
+  nothing; with one, the archive holds the definitions, the CA (its key
+  encrypted) and beat's state; every broker's data is then wiped, and the
+  restore brings back the users (the inventory's and one made by hand),
+  a queue and a policy made by hand, and tasks flow again.
 - rotate-credentials: every broker user gets its new password from the vault
   file (users are cluster-wide), the old ones are refused everywhere, the
   Celery services restart with the new ones and tasks flow. It runs last and
@@ -11,10 +16,11 @@ the other files (pytest's order): test_cluster.py needs `media` unconsumed.
   scenario's own secrets back before the suites are run again."""
 import json
 import secrets as token
+import tarfile
 import time
 
 import yaml
-from clusterlib import amqp_session, celery_python, group, host, inventory_vars, run_playbook, secrets
+from clusterlib import amqp_session, celery_python, group, host, inventory_vars, run_playbook, secrets, wait_until
 
 BROKERS = group("rabbitmq")
 PRODUCER = group("celery_beat")[0]
@@ -76,6 +82,80 @@ def _celery_pids(name):
 
 def _accepted(broker, user, secret):
     return amqp_session(WORKER, user, [], broker, secret=secret)
+
+
+def _rabbitmqctl(broker, *args):
+    return host(broker).run("rabbitmqctl --quiet " + " ".join(["%s"] * len(args)), *args)
+
+
+def _broker_running(broker):
+    return host(broker).run("rabbitmq-diagnostics --quiet check_running").rc == 0
+
+
+def test_backup_refuses_to_write_key_material_without_a_passphrase(tmp_path):
+    backups = tmp_path / "backups"
+    result = run_playbook("playbooks/runbooks/backup.yml",
+                          "-e", json.dumps({"backup_dir": str(backups), "backup_passphrase": ""}))
+    assert result.returncode != 0
+    assert "backup_passphrase (vault_backup_passphrase" in " ".join(result.stdout.split()), result.stdout[-3000:]
+    assert not backups.exists(), list(backups.iterdir())
+
+
+def test_restore_rebuilds_wiped_brokers_from_a_backup(tmp_path):
+    seed = BROKERS[0]
+    backups = tmp_path / "backups"
+    # What only the backup knows: a user, a queue and a policy made by hand.
+    reporting = token.token_hex(16)
+    assert _rabbitmqctl(seed, "add_user", "reporting", reporting).rc == 0
+    assert _rabbitmqctl(seed, "set_permissions", "-p", "celery", "reporting", "^$", "^$", "^restore-canary$").rc == 0
+    assert _rabbitmqctl(seed, "set_policy", "-p", "celery", "--apply-to", "queues", "restore-canary-ttl",
+                        "^restore-canary$", '{"message-ttl": 600000}').rc == 0
+    assert amqp_session(WORKER, "celery_worker", [["declare", "restore-canary"]], seed)["ok"]
+
+    result = run_playbook("playbooks/runbooks/backup.yml", "-e", json.dumps({"backup_dir": str(backups)}))
+    assert result.returncode == 0, result.stdout[-4000:]
+    archives = list(backups.glob("celery-cluster-*.tar.gz"))
+    assert len(archives) == 1 and archives[0].stat().st_mode & 0o777 == 0o600, archives
+    with tarfile.open(archives[0]) as archive:
+        members = {member.name.lstrip("./"): archive.extractfile(member).read().decode()
+                   for member in archive.getmembers() if member.isfile()}
+    assert set(members) == {"definitions.json", "ca.crt", "ca.key.enc", "beat-schedule.json"}, set(members)
+    assert members["ca.key.enc"].startswith("-----BEGIN ENCRYPTED PRIVATE KEY-----")
+    assert not any("BEGIN PRIVATE KEY" in text or "BEGIN RSA PRIVATE KEY" in text for text in members.values())
+    definitions = json.loads(members["definitions.json"])
+    assert {"reporting", "celery_worker", "celery_producer"} <= {user["name"] for user in definitions["users"]}
+    assert all("password" not in user for user in definitions["users"])
+    assert json.loads(members["beat-schedule.json"]), members["beat-schedule.json"]
+
+    # Every broker loses its data: stopped, its database removed, started empty.
+    for broker in BROKERS:
+        host(broker).check_output("systemctl stop rabbitmq-server")
+    for broker in BROKERS:
+        host(broker).check_output("rm -rf /var/lib/rabbitmq/mnesia")
+    for broker in BROKERS:
+        host(broker).check_output("systemctl start --no-block rabbitmq-server")
+    assert wait_until(lambda: all(_broker_running(broker) for broker in BROKERS), 300, 5)
+    users = _rabbitmqctl(seed, "list_users").stdout
+    assert "reporting" not in users and "celery_worker" not in users, users
+
+    result = run_playbook("playbooks/runbooks/restore.yml", "-e", f"restore_archive={archives[0]}")
+    assert result.returncode == 0, result.stdout[-4000:]
+    # The same users (the inventory's with the vault's passwords, the
+    # others with their backed-up hashes), queues and policies, on every broker.
+    for broker in BROKERS:
+        assert _accepted(broker, "reporting", reporting)["ok"], broker
+        for user, key in ROTATED.items():
+            if user != "admin":
+                assert _accepted(broker, user, secrets()[key])["ok"], (broker, user)
+    assert "restore-canary-ttl" in _rabbitmqctl(seed, "list_policies", "-p", "celery").stdout
+    assert amqp_session(WORKER, "celery_worker", [["publish", "restore-canary", 1, "canary"],
+                                                  ["get", "restore-canary", 1]], seed)["result"] == [["canary-0"]]
+    # Tasks flow again.
+    done = _send("feed.tasks.fetch")
+    assert done["worker"] == f"feeds@{WORKER}" and done["routing_key"] == "feeds", done
+    _rabbitmqctl(seed, "delete_user", "reporting")
+    _rabbitmqctl(seed, "clear_policy", "-p", "celery", "restore-canary-ttl")
+    amqp_session(WORKER, "celery_worker", [["delete", "restore-canary"]], seed)
 
 
 def test_rotate_credentials_runbook_gives_every_broker_user_its_new_password(tmp_path):
