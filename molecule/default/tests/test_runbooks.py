@@ -82,9 +82,11 @@ def test_status_runbook_exits_non_zero_naming_what_is_wrong():
     unit = f"celery-worker@{pool}.service"
     client, flower = group("celery_clients")[0], group("flower")[0]
     host(WORKER).check_output("systemctl stop %s", unit)
-    host(client).check_output("systemctl stop celery-firewall-watch.timer")
+    # The timer and its service: a check already running when the timer
+    # stops would put the table back (seen once in CI).
+    host(client).check_output("systemctl stop celery-firewall-watch.timer celery-firewall-watch.service")
     host(client).check_output("nft delete table inet celery_filter")
-    host(flower).check_output("systemctl stop celery-firewall-watch.timer")
+    host(flower).check_output("systemctl stop celery-firewall-watch.timer celery-firewall-watch.service")
     host(flower).check_output("nft add rule inet celery_filter input tcp dport 8080 accept")
     try:
         broken = run_playbook("playbooks/runbooks/status.yml")
@@ -113,9 +115,12 @@ def test_status_runbook_exits_non_zero_naming_what_is_wrong():
 def test_status_runbook_lists_the_tasks_running_now():
     # feeds runs two at a time; each sleep stops at its 3 s soft limit.
     ids = celery_python(CLIENT, SEND_SLEEPS.format(seconds=20, count=24))
+    # Not its exit code: that is about health (the test above), and a health
+    # problem elsewhere (once in CI, a log backlog on the beat host) must not
+    # hide the tasks, which status.yml prints before it fails.
     for _ in range(6):
         result = run_playbook("playbooks/runbooks/status.yml")
-        assert result.returncode == 0, result.stdout[-3000:]
+        assert "Tasks running now:" in result.stdout, result.stdout[-3000:]
         running = re.findall(r"(\S+@\S+): feed\.tasks\.sleep ([0-9a-f-]{36})", result.stdout)
         if running:
             break
