@@ -15,12 +15,16 @@ the other files (pytest's order): test_cluster.py needs `media` unconsumed.
   full run in every CI): `molecule converge -s broker_cluster` puts the
   scenario's own secrets back before the suites are run again."""
 import json
+import pathlib
+import re
 import secrets as token
+import shutil
+import subprocess
 import tarfile
 import time
 
 import yaml
-from clusterlib import amqp_session, celery_python, group, host, inventory_vars, run_playbook, secrets, wait_until
+from clusterlib import INVENTORY, amqp_session, celery_python, group, host, inventory_vars, run_playbook, secrets, wait_until
 
 BROKERS = group("rabbitmq")
 PRODUCER = group("celery_beat")[0]
@@ -138,8 +142,38 @@ def test_restore_rebuilds_wiped_brokers_from_a_backup(tmp_path):
     users = _rabbitmqctl(seed, "list_users").stdout
     assert "reporting" not in users and "celery_worker" not in users, users
 
-    result = run_playbook("playbooks/runbooks/restore.yml", "-e", f"restore_archive={archives[0]}")
-    assert result.returncode == 0, result.stdout[-4000:]
+    # A controller holding another CA is refused before any change.
+    pki = pathlib.Path(INVENTORY).parent / ".pki"
+    ca_cert = (pki / "ca.crt").read_text()
+    host(seed).check_output("openssl req -x509 -newkey rsa:2048 -nodes -subj /CN=other -days 1 "
+                            "-keyout /tmp/other.key -out /tmp/other.crt 2>/dev/null")
+    pki.rename(tmp_path / "saved-pki")
+    try:
+        pki.mkdir()
+        (pki / "ca.crt").write_text(host(seed).check_output("cat /tmp/other.crt") + "\n")
+        refused = run_playbook("playbooks/runbooks/restore.yml", "-e", f"restore_archive={archives[0]}")
+        assert refused.returncode != 0 and "is not the CA of" in " ".join(refused.stdout.split()), refused.stdout[-3000:]
+        # It stopped in its first play: no broker play ran, no CA file was written.
+        plays = re.findall(r"^PLAY \[(.*?)\]", refused.stdout, re.MULTILINE)
+        assert plays == ["Unpack the backup and put the internal CA back if the controller lost it"], plays
+        assert sorted(path.name for path in pki.iterdir()) == ["ca.crt"]
+        assert "celery_worker" not in _rabbitmqctl(seed, "list_users").stdout
+        # A controller that lost its CA gets the backup's back.
+        shutil.rmtree(pki)
+        result = run_playbook("playbooks/runbooks/restore.yml", "-e", f"restore_archive={archives[0]}")
+        assert result.returncode == 0, result.stdout[-4000:]
+        assert (pki / "ca.crt").read_text() == ca_cert
+        assert (pki / "ca.key").stat().st_mode & 0o777 == 0o600
+        # The restored key is the certificate's (decrypted from the archive).
+        public = [subprocess.run(command, capture_output=True, text=True, check=True).stdout for command in (
+            ["openssl", "pkey", "-in", str(pki / "ca.key"), "-pubout"],
+            ["openssl", "x509", "-in", str(pki / "ca.crt"), "-noout", "-pubkey"])]
+        assert public[0] and public[0] == public[1]
+    finally:
+        if not (pki / "ca.key").exists():
+            shutil.rmtree(pki, ignore_errors=True)
+            (tmp_path / "saved-pki").rename(pki)
+        host(seed).run("rm -f /tmp/other.key /tmp/other.crt")
     # The same users (the inventory's with the vault's passwords, the
     # others with their backed-up hashes), queues and policies, on every broker.
     for broker in BROKERS:
