@@ -64,6 +64,29 @@ def test_inter_node_ports_are_open_between_brokers_only(port):
     assert not tcp_open(PRODUCER, BROKERS[0], port)[0]
 
 
+def _dist_handshake(source, target, *certificate):
+    """A TLS 1.2 handshake from broker `source` to the distribution port of
+    broker `target`, checking target's certificate against the cluster CA and
+    its node's host name (in TLS 1.2 a server that requires a client
+    certificate refuses within the handshake). Returns (rc, openssl's report)."""
+    pki = "/etc/celery-cluster/pki"
+    client = ["-cert", f"{pki}/{certificate[0]}.crt", "-key", f"{pki}/{certificate[0]}.key"] if certificate else []
+    out = host(source).run(
+        "openssl s_client -brief -tls1_2 -connect %s:25672 -CAfile %s -verify_return_error -verify_hostname %s "
+        + " ".join(["%s"] * len(client)) + " </dev/null", target, f"{pki}/ca.crt", target, *client)
+    return out.rc, out.stdout + out.stderr
+
+
+def test_erlang_distribution_is_tls_from_the_cluster_ca():
+    # Quorum replication carries task bodies between brokers, and the CLI tools
+    # are distribution peers too (every rabbitmqctl of these tests went over it).
+    rc, report = _dist_handshake(BROKERS[1], BROKERS[0], "amqp")
+    assert rc == 0 and "Verification: OK" in report, report
+    # A peer without a certificate of the cluster CA is refused in the handshake.
+    rc, report = _dist_handshake(BROKERS[1], BROKERS[0])
+    assert rc != 0 and "CONNECTION ESTABLISHED" not in report, report
+
+
 def test_quorum_queue_accepts_and_delivers_with_one_broker_stopped():
     # The producer may only publish: the broker play declared media and its binding.
     queue, marker = "media", uuid.uuid4().hex
