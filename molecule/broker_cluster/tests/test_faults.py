@@ -148,7 +148,7 @@ def test_tasks_published_before_during_and_after_a_broker_stop_all_complete():
         host(first).check_output("systemctl start rabbitmq-server")
     assert wait_cluster()
     deadline = time.monotonic() + 120
-    while producer.run("pgrep -f flow.tokens").rc == 0 and time.monotonic() < deadline:
+    while producer.run("pgrep -f '[f]low.tokens'").rc == 0 and time.monotonic() < deadline:
         time.sleep(3)
     tokens = producer.check_output("cat /tmp/flow.tokens").split()
     assert len(tokens) == 240, producer.check_output("cat /tmp/flow.log")
