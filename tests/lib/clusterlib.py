@@ -95,8 +95,9 @@ try:
         ch.confirm_select()
         for action in spec["actions"]:
             kind = action[0]
-            if kind == "declare":
-                ch.queue_declare(action[1], durable=True, auto_delete=False)
+            if kind == "declare":  # ["declare", queue] or ["declare", queue, {arguments}]
+                ch.queue_declare(action[1], durable=True, auto_delete=False,
+                                 arguments=action[2] if len(action) > 2 else None)
             elif kind == "declare_transient":  # non-durable, non-exclusive (RabbitMQ 4 deprecates it)
                 ch.queue_declare(action[1], durable=False, auto_delete=True)
             elif kind == "exchange":

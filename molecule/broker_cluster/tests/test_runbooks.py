@@ -8,6 +8,10 @@ the other files (pytest's order): test_cluster.py needs `media` unconsumed.
   encrypted) and beat's state; every broker's data is then wiped, and the
   restore brings back the users (the inventory's and one made by hand),
   a queue and a policy made by hand, and tasks flow again.
+- upgrade-rabbitmq: refused before any change while the first broker is
+  quorum critical, or for a version two series ahead; then, with a
+  producer publishing, the brokers are reinstalled one at a time (Debian
+  has one version) and every task published meanwhile runs.
 - rotate-credentials: every broker user gets its new password from the vault
   file (users are cluster-wide), the old ones are refused everywhere, the
   Celery services restart with the new ones and tasks flow. It runs last and
@@ -15,6 +19,7 @@ the other files (pytest's order): test_cluster.py needs `media` unconsumed.
   full run in every CI): `molecule converge -s broker_cluster` puts the
   scenario's own secrets back before the suites are run again."""
 import json
+import os
 import pathlib
 import re
 import secrets as token
@@ -24,7 +29,8 @@ import tarfile
 import time
 
 import yaml
-from clusterlib import INVENTORY, amqp_session, celery_python, group, host, inventory_vars, run_playbook, secrets, wait_until
+from clusterlib import (CELERY, INVENTORY, PROJECT, amqp_session, celery_python, group, host, inventory_vars, run_playbook,
+                        secrets, wait_marks, wait_until)
 
 BROKERS = group("rabbitmq")
 PRODUCER = group("celery_beat")[0]
@@ -190,6 +196,107 @@ def test_restore_rebuilds_wiped_brokers_from_a_backup(tmp_path):
     _rabbitmqctl(seed, "delete_user", "reporting")
     _rabbitmqctl(seed, "clear_policy", "-p", "celery", "restore-canary-ttl")
     amqp_session(WORKER, "celery_worker", [["delete", "restore-canary"]], seed)
+
+
+def _installed(broker):
+    return host(broker).check_output("dpkg-query --show --showformat '${Version}' rabbitmq-server")
+
+
+def _main_pid(broker):
+    return host(broker).check_output("systemctl show --property=MainPID --value rabbitmq-server")
+
+
+def _maintenance():
+    status = json.loads(_rabbitmqctl(BROKERS[0], "cluster_status", "--formatter", "json").stdout)
+    return status["maintenance_status"]
+
+
+def test_upgrade_rabbitmq_runbook_stops_before_a_quorum_critical_node():
+    # A quorum queue with one member, on the first broker: without that node
+    # it has no majority, so the first node of the upgrade is quorum critical.
+    seed, queue = BROKERS[0], "upgrade-critical"
+    declared = amqp_session(WORKER, "celery_worker", [["declare", queue, {
+        "x-queue-type": "quorum", "x-quorum-initial-group-size": 1}]], seed)
+    assert declared["ok"], declared
+    try:
+        members = host(seed).check_output("rabbitmq-queues --quiet quorum_status %s --vhost celery", queue)
+        assert f"rabbit@{seed}" in members and not any(f"rabbit@{b}" in members for b in BROKERS[1:]), members
+        version, pids = _installed(seed), {b: _main_pid(b) for b in BROKERS}
+        refused = run_playbook("playbooks/runbooks/upgrade-rabbitmq.yml", "-e", f"runbook_rabbitmq_version={version}",
+                               "-e", "runbook_restart_current=true")
+        assert refused.returncode != 0, refused.stdout[-3000:]
+        assert f"{seed} is quorum critical" in refused.stdout and queue in refused.stdout, refused.stdout[-3000:]
+        # Nothing changed on any broker: same processes, none in maintenance.
+        assert {b: _main_pid(b) for b in BROKERS} == pids
+        assert set(_maintenance().values()) == {"not under maintenance"}, _maintenance()
+        # A version jump RabbitMQ does not support (4.0 to 4.2) is refused before any change.
+        skipped = run_playbook("playbooks/runbooks/upgrade-rabbitmq.yml", "-e", "runbook_rabbitmq_version=4.2.0-1")
+        assert skipped.returncode != 0 and "one release series at a time" in skipped.stdout, skipped.stdout[-3000:]
+        assert {b: _main_pid(b) for b in BROKERS} == pids
+    finally:
+        amqp_session(WORKER, "celery_worker", [["delete", queue]], seed)
+
+
+def test_upgrade_rabbitmq_runbook_goes_one_broker_at_a_time_and_loses_no_task():
+    # Debian has one RabbitMQ, so the "upgrade" reinstalls it: the order, the
+    # drain and the checks are what is tested.
+    version, pids = _installed(BROKERS[0]), {b: _main_pid(b) for b in BROKERS}
+    since = int(time.time())   # the containers share this machine's clock
+    # A producer publishes for as long as the runbook runs (4 tasks/s, each
+    # leaving a mark where it ran); every task must run.
+    producer = host(PRODUCER)
+    producer.check_output("rm -f /tmp/upgrade.tokens /tmp/upgrade.stop")
+    producer.check_output("(timeout 900 " + CELERY + " python -c %s > /tmp/upgrade.log 2>&1 &)", PUBLISH_UNTIL_STOP)
+    runbook = subprocess.Popen(
+        ["ansible-playbook", "-i", INVENTORY, f"--extra-vars=@{os.environ['CLUSTER_SECRETS']}",
+         f"--extra-vars={os.environ.get('CLUSTER_EXTRA_VARS', '{}')}",
+         os.path.join(PROJECT, "playbooks/runbooks/upgrade-rabbitmq.yml"),
+         "-e", f"runbook_rabbitmq_version={version}", "-e", "runbook_restart_current=true"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        env=dict(os.environ, ANSIBLE_CONFIG=os.path.join(PROJECT, "ansible.cfg"), ANSIBLE_FORCE_COLOR="0"))
+    try:
+        stdout, _ = runbook.communicate(timeout=900)
+    finally:
+        producer.check_output("touch /tmp/upgrade.stop")
+    assert runbook.returncode == 0, stdout[-4000:]
+    assert wait_until(lambda: producer.run("pgrep -f '[u]pgrade.tokens'").rc != 0, 60)
+    assert "Traceback" not in producer.check_output("cat /tmp/upgrade.log"), producer.check_output("cat /tmp/upgrade.log")
+    tokens = producer.check_output("cat /tmp/upgrade.tokens").split()
+    assert len(tokens) >= 100, f"only {len(tokens)} tasks published while the runbook ran"
+    missing = wait_marks(tokens, 180)
+    assert not missing, f"{len(missing)} of {len(tokens)} tasks published during the upgrade never ran"
+    # One broker at a time, in inventory order, each with a new process...
+    order = re.findall(r"Upgrade: (\S+) drained, upgraded and revived: rabbitmq-server ([^'\s]+)", stdout)
+    assert order == [(b, version) for b in BROKERS], order
+    for broker in BROKERS:
+        assert _main_pid(broker) != pids[broker], broker
+    for before, after in zip(BROKERS, BROKERS[1:]):
+        started = _journal_times(before, "Started ", since)
+        stopping = _journal_times(after, "Stopping ", since)
+        assert started and stopping and max(started) < min(stopping), (before, after)
+    # ...and the cluster whole again: three members, none in maintenance, no stable flag left off.
+    assert set(_maintenance().values()) == {"not under maintenance"}, _maintenance()
+    flags = json.loads(_rabbitmqctl(BROKERS[0], "list_feature_flags", "name", "state", "stability",
+                                    "--formatter", "json").stdout)
+    assert [f["name"] for f in flags if f["stability"] == "stable" and f["state"] != "enabled"] == []
+
+
+# A producer on the beat host: a task every 0.25 s until /tmp/upgrade.stop
+# exists, each token written once send_task returned (the broker confirmed it).
+PUBLISH_UNTIL_STOP = (
+    "import os, time, uuid\nfrom celery_cluster import app\n"
+    "out = open('/tmp/upgrade.tokens', 'a', buffering=1)\n"
+    "while not os.path.exists('/tmp/upgrade.stop'):\n"
+    "    t = uuid.uuid4().hex\n"
+    "    app.send_task('web.tasks.mark', [t], ignore_result=True)\n"
+    "    out.write(t + '\\n'); time.sleep(0.25)\n")
+
+
+def _journal_times(broker, marker, since):
+    """Times of rabbitmq-server's journal lines with `marker` since a unix time."""
+    out = host(broker).check_output(
+        "journalctl --no-pager --output short-unix --unit rabbitmq-server --since=@%s", str(since))
+    return [float(line.split()[0]) for line in out.splitlines() if marker in line]
 
 
 def test_rotate_credentials_runbook_gives_every_broker_user_its_new_password(tmp_path):
