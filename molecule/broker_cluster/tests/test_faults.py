@@ -135,25 +135,30 @@ def test_tasks_published_before_during_and_after_a_broker_stop_all_complete():
     producer = host(PRODUCER)
     producer.check_output("rm -f /tmp/flow.tokens")
     producer.check_output("(timeout 600 " + CELERY + " python -c %s > /tmp/flow.log 2>&1 &)", loop)
-    time.sleep(15)
-    at_stop = len(producer.check_output("cat /tmp/flow.tokens").split())
+
+    def published():   # the producer creates the file with its first task
+        return producer.run("cat /tmp/flow.tokens").stdout.split()
+
+    # Publishing runs (40 tasks sent) before the first broker stops...
+    assert wait_until(lambda: len(published()) >= 40, 60), producer.check_output("cat /tmp/flow.log")
+    at_stop = len(published())
     host(first).check_output("systemctl stop rabbitmq-server")
     try:
-        time.sleep(3)
-        ran_at_stop = len(all_marks())
-        time.sleep(17)
-        during = len(producer.check_output("cat /tmp/flow.tokens").split()) - at_stop
-        ran_during = len(all_marks()) - ran_at_stop
+        # ...and it stays down until 20 tasks were published after the stop and
+        # 10 of those ran (or 60 s passed: then the asserts below fail).
+        def progress():
+            after = published()[at_stop:]
+            ran = set(after) & all_marks()
+            return (len(after), len(ran)) if len(after) >= 20 and len(ran) >= 10 else None
+        during, ran_during = wait_until(progress, 60) or (len(published()) - at_stop, 0)
     finally:
         host(first).check_output("systemctl start rabbitmq-server")
     assert wait_cluster()
-    deadline = time.monotonic() + 120
-    while producer.run("pgrep -f '[f]low.tokens'").rc == 0 and time.monotonic() < deadline:
-        time.sleep(3)
-    tokens = producer.check_output("cat /tmp/flow.tokens").split()
+    wait_until(lambda: producer.run("pgrep -f '[f]low.tokens'").rc != 0, 120, 3)   # the producer is done
+    tokens = published()
     assert len(tokens) == 240, producer.check_output("cat /tmp/flow.log")
-    assert during >= 20, f"only {during} tasks published in the 20 s the first broker was down"
-    assert ran_during >= 10, f"only {ran_during} tasks ran while the first broker was down"
+    assert during >= 20, f"only {during} tasks published while the first broker was down (60 s)"
+    assert ran_during >= 10, f"only {ran_during} of them ran while the first broker was down"
     missing = wait_marks(tokens, 180)
     assert not missing, f"{len(missing)} of {len(tokens)} tasks never ran"
 
