@@ -1,12 +1,14 @@
 """Three brokers form one RabbitMQ cluster; quorum queues ride out a node."""
 import functools
 import json
+import os
 import tempfile
 import time
 import uuid
 
 import pytest
-from clusterlib import (address, amqp_session, group, host, http_get, inventory_vars, password, recap_changed,
+import yaml
+from clusterlib import (INVENTORY, address, amqp_session, group, host, http_get, inventory_vars, password, recap_changed,
                         run_playbook, tcp_open)
 
 BROKERS = group("rabbitmq")
@@ -172,3 +174,59 @@ def test_queue_runbooks_answer_on_a_cluster_after_a_broker_restart():
         assert left["ok"] and left["result"] == [[]], left
     finally:
         amqp_session(WORKER, "celery_worker", [["delete", queue]], BROKERS[1])
+
+
+def _inventory_with_addresses():
+    """The scenario's inventory with firewall_address set on every host, in a
+    file beside it (its group_vars apply); removed after the run."""
+    with open(INVENTORY, encoding="utf-8") as handle:
+        data = yaml.safe_load(handle)
+    hosts = data["all"]["hosts"]
+    for name in list(hosts):
+        hosts[name] = dict(hosts[name] or {}, firewall_address=address(name))
+    path = os.path.join(os.path.dirname(INVENTORY), "variant-addresses.yml")
+    with open(path, "w", encoding="utf-8") as handle:
+        yaml.safe_dump(data, handle)
+    return path
+
+
+def _broker_pids():
+    return {b: host(b).check_output("systemctl show --property=MainPID --value rabbitmq-server") for b in BROKERS}
+
+
+def test_switching_tls_between_brokers_restarts_them_together_and_keeps_the_messages():
+    """A running cluster cannot switch its distribution node by node (a TLS
+    node and a plain one cannot talk): the role stops every broker, then
+    starts them together. Under --limit it refuses before any change."""
+    plain = '{"rabbitmq_dist_tls": false}'
+    pids = _broker_pids()
+    # Every host's address in the inventory, so that the firewall can render
+    # the rules of a run limited to one broker (it renders them unchanged).
+    variant = _inventory_with_addresses()
+    try:
+        limited = run_playbook("playbooks/broker.yml", "-e", plain, "--limit", BROKERS[0], inventory=variant)
+    finally:
+        os.remove(variant)
+    assert limited.returncode != 0 and "Run it without --limit" in limited.stdout, limited.stdout[-3000:]
+    assert _broker_pids() == pids
+    assert "inet_tls" in host(BROKERS[0]).file("/etc/rabbitmq/rabbitmq-env.conf").content_string
+
+    queue, marker = f"switch-{uuid.uuid4().hex[:8]}", uuid.uuid4().hex
+    assert amqp_session(WORKER, "celery_worker", [["declare", queue], ["publish", queue, 20, marker]], BROKERS[1])["ok"]
+    try:
+        switched = run_playbook("playbooks/broker.yml", "-e", plain)
+        assert switched.returncode == 0, switched.stdout[-3000:]
+        assert all(_running(b) == {f"rabbit@{x}" for x in BROKERS} for b in BROKERS)
+        assert all(now != pids[b] for b, now in _broker_pids().items())
+        # Plain distribution now: no TLS handshake on 25672.
+        rc, report = _dist_handshake(BROKERS[1], BROKERS[0], "amqp")
+        assert rc != 0 and "Verification: OK" not in report, report
+    finally:
+        back = run_playbook("playbooks/broker.yml")
+    assert back.returncode == 0, back.stdout[-3000:]
+    assert all(_running(b) == {f"rabbit@{x}" for x in BROKERS} for b in BROKERS)
+    rc, report = _dist_handshake(BROKERS[1], BROKERS[0], "amqp")
+    assert rc == 0 and "Verification: OK" in report, report
+    # Both switches stopped every broker: the durable queue kept its messages.
+    got = amqp_session(WORKER, "celery_worker", [["get", queue, 50], ["delete", queue]], BROKERS[2])
+    assert got["ok"] and got["result"][0] == [f"{marker}-{i}" for i in range(20)], got
