@@ -68,6 +68,8 @@ BAD_INPUT = [
      ["rabbitmq-amqp", "wokrers", "not an inventory group"]),
     ("api-user-not-an-administrator", {"rabbitmq_api_user": "celery_worker"},
      ["rabbitmq_api_user=celery_worker", "administrator tag"]),
+    ("tls-between-brokers-without-tls", {"rabbitmq_tls_enabled": False, "rabbitmq_amqp_plain": "all"},
+     ["rabbitmq_dist_tls=true uses the broker's certificate", "rabbitmq_tls_enabled=false"]),
     ("task-exchange-named-as-a-queue", {"rabbitmq_task_exchange": "feeds"},
      ["rabbitmq_task_exchange=feeds", "not the name of a queue"]),
     ("users-without-api-user", {"rabbitmq_api_user": ""},

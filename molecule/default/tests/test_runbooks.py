@@ -112,6 +112,33 @@ def test_status_runbook_exits_non_zero_naming_what_is_wrong():
     assert "Feature flags disabled: none" in said, said[-3000:]
 
 
+def _lines_waiting(name):
+    """Lines in the host's log forwarding queue, from rsyslog's queue state file."""
+    out = host(name).run("cat /var/spool/rsyslog/*.qi").stdout
+    found = re.search(r"\+iQueueSize:2:\d+:(\d+):", out)
+    return int(found.group(1)) if found else 0
+
+
+def test_status_runbook_names_log_lines_that_wait_to_be_forwarded():
+    """With the log server's rsyslog stopped, 300 lines logged on a worker
+    wait in its queue: status.yml names them, counted in lines (a disk queue's
+    files are no measure: the one being written keeps lines already sent
+    until it reaches 1 MiB, and 300 lines are far below that)."""
+    logserver = group("logserver")[0]
+    host(logserver).check_output("systemctl stop syslog.socket rsyslog.service")
+    try:
+        host(WORKER).check_output("seq 300 | logger -t status-backlog")
+        assert wait_until(lambda: _lines_waiting(WORKER) >= 300, 60), _lines_waiting(WORKER)
+        waiting = run_playbook("playbooks/runbooks/status.yml")
+    finally:
+        host(logserver).check_output("systemctl start syslog.socket rsyslog.service")
+    said = " ".join(waiting.stdout.split())
+    assert waiting.returncode != 0, said[-3000:]
+    assert re.search(rf"{WORKER}: \d+ log lines wait to be forwarded", said), said[-3000:]
+    # The log server back, the queue drains.
+    assert wait_until(lambda: _lines_waiting(WORKER) == 0, 120, 3), _lines_waiting(WORKER)
+
+
 def test_status_runbook_lists_the_tasks_running_now():
     # feeds runs two at a time; each sleep stops at its 3 s soft limit.
     ids = celery_python(CLIENT, SEND_SLEEPS.format(seconds=20, count=24))
