@@ -60,6 +60,11 @@ except Exception as error:
 """
 
 
+def broker_pid(name):
+    """The MainPID of rabbitmq-server on a broker ("0" when it is stopped)."""
+    return host(name).check_output("systemctl show --property MainPID --value rabbitmq-server").strip()
+
+
 def tcp_open(source, target, port, timeout=3):
     """True when `source` (a hostname) can open a TCP connection to target:port."""
     out = host(source).check_output("python3 -c %s %s %s %s", _CONNECT, target, str(port), str(timeout))

@@ -8,8 +8,8 @@ import uuid
 
 import pytest
 import yaml
-from clusterlib import (INVENTORY, address, amqp_session, group, host, http_get, inventory_vars, password, recap_changed,
-                        run_playbook, tcp_open)
+from clusterlib import (INVENTORY, address, amqp_session, broker_pid, group, host, http_get, inventory_vars, password,
+                        recap_changed, run_playbook, tcp_open)
 
 BROKERS = group("rabbitmq")
 PRODUCER = group("celery_beat")[0]
@@ -191,7 +191,7 @@ def _inventory_with_addresses():
 
 
 def _broker_pids():
-    return {b: host(b).check_output("systemctl show --property=MainPID --value rabbitmq-server") for b in BROKERS}
+    return {b: broker_pid(b) for b in BROKERS}
 
 
 def test_switching_tls_between_brokers_restarts_them_together_and_keeps_the_messages():

@@ -10,8 +10,8 @@ import subprocess
 import time
 import uuid
 
-from clusterlib import (CELERY, all_marks, beat_sent, celery_cli, celery_python, group, host, inventory_vars, wait_marks,
-                        wait_until)
+from clusterlib import (CELERY, all_marks, beat_sent, broker_pid, celery_cli, celery_python, group, host, inventory_vars,
+                        wait_marks, wait_until)
 
 BROKERS = group("rabbitmq")
 PRODUCER = group("celery_beat")[0]
@@ -48,10 +48,6 @@ def publish_marks(count):
 def pools(action):
     """Stop or start every worker pool of the worker host."""
     host(WORKER).check_output("systemctl %s celery-worker@feeds.service celery-worker@web.service", action)
-
-
-def broker_pid(name):
-    return host(name).check_output("systemctl show --property MainPID --value rabbitmq-server").strip()
 
 
 # Runs before the restart of every broker (pytest keeps the file's order):

@@ -29,8 +29,8 @@ import tarfile
 import time
 
 import yaml
-from clusterlib import (CELERY, INVENTORY, PROJECT, amqp_session, celery_python, group, host, inventory_vars, run_playbook,
-                        secrets, wait_marks, wait_until)
+from clusterlib import (CELERY, INVENTORY, PROJECT, amqp_session, broker_pid, celery_python, group, host, inventory_vars,
+                        run_playbook, secrets, wait_marks, wait_until)
 
 BROKERS = group("rabbitmq")
 PRODUCER = group("celery_beat")[0]
@@ -202,10 +202,6 @@ def _installed(broker):
     return host(broker).check_output("dpkg-query --show --showformat '${Version}' rabbitmq-server")
 
 
-def _main_pid(broker):
-    return host(broker).check_output("systemctl show --property=MainPID --value rabbitmq-server")
-
-
 def _maintenance():
     status = json.loads(_rabbitmqctl(BROKERS[0], "cluster_status", "--formatter", "json").stdout)
     return status["maintenance_status"]
@@ -221,18 +217,18 @@ def test_upgrade_rabbitmq_runbook_stops_before_a_quorum_critical_node():
     try:
         members = host(seed).check_output("rabbitmq-queues --quiet quorum_status %s --vhost celery", queue)
         assert f"rabbit@{seed}" in members and not any(f"rabbit@{b}" in members for b in BROKERS[1:]), members
-        version, pids = _installed(seed), {b: _main_pid(b) for b in BROKERS}
+        version, pids = _installed(seed), {b: broker_pid(b) for b in BROKERS}
         refused = run_playbook("playbooks/runbooks/upgrade-rabbitmq.yml", "-e", f"runbook_rabbitmq_version={version}",
                                "-e", "runbook_restart_current=true")
         assert refused.returncode != 0, refused.stdout[-3000:]
         assert f"{seed} is quorum critical" in refused.stdout and queue in refused.stdout, refused.stdout[-3000:]
         # Nothing changed on any broker: same processes, none in maintenance.
-        assert {b: _main_pid(b) for b in BROKERS} == pids
+        assert {b: broker_pid(b) for b in BROKERS} == pids
         assert set(_maintenance().values()) == {"not under maintenance"}, _maintenance()
         # A version jump RabbitMQ does not support (4.0 to 4.2) is refused before any change.
         skipped = run_playbook("playbooks/runbooks/upgrade-rabbitmq.yml", "-e", "runbook_rabbitmq_version=4.2.0-1")
         assert skipped.returncode != 0 and "one release series at a time" in skipped.stdout, skipped.stdout[-3000:]
-        assert {b: _main_pid(b) for b in BROKERS} == pids
+        assert {b: broker_pid(b) for b in BROKERS} == pids
     finally:
         amqp_session(WORKER, "celery_worker", [["delete", queue]], seed)
 
@@ -240,7 +236,7 @@ def test_upgrade_rabbitmq_runbook_stops_before_a_quorum_critical_node():
 def test_upgrade_rabbitmq_runbook_goes_one_broker_at_a_time_and_loses_no_task():
     # Debian has one RabbitMQ, so the "upgrade" reinstalls it: the order, the
     # drain and the checks are what is tested.
-    version, pids = _installed(BROKERS[0]), {b: _main_pid(b) for b in BROKERS}
+    version, pids = _installed(BROKERS[0]), {b: broker_pid(b) for b in BROKERS}
     since = int(time.time())   # the containers share this machine's clock
     # A producer publishes for as long as the runbook runs (4 tasks/s, each
     # leaving a mark where it ran); every task must run.
@@ -269,7 +265,7 @@ def test_upgrade_rabbitmq_runbook_goes_one_broker_at_a_time_and_loses_no_task():
     order = re.findall(r"Upgrade: (\S+) drained, upgraded and revived: rabbitmq-server ([^'\s]+)", stdout)
     assert order == [(b, version) for b in BROKERS], order
     for broker in BROKERS:
-        assert _main_pid(broker) != pids[broker], broker
+        assert broker_pid(broker) != pids[broker], broker
     for before, after in zip(BROKERS, BROKERS[1:]):
         started = _journal_times(before, "Started ", since)
         stopping = _journal_times(after, "Stopping ", since)
