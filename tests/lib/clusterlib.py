@@ -241,15 +241,29 @@ def wait_marks(tokens, seconds):
 REMOTE_LOG_DIR = "/var/log/remote"
 
 
+# The log server's file of every program it does not list
+# (rsyslog_server_program_files): <source>/_other.log.
+REMOTE_OTHER = "_other"
+# A program's lines: its own file when the server lists it, else its lines of
+# the catch-all (field 3 of rsyslog's file format is the tag, "prog[pid]:" or
+# "prog:").
+_PROGRAM_LINES = (
+    'if [ -e "$1/$2.log" ]; then cat "$1/$2.log"; '
+    'elif [ -e "$1/$3.log" ]; then awk -v t="$2" \'$3 == t ":" || index($3, t "[") == 1\' "$1/$3.log"; fi')
+
+
 def remote_log(source, program, server=None):
-    """Content of <source>/<program>.log on the log server ("" while absent)."""
-    result = host(server or group("logserver")[0]).run("cat %s", f"{REMOTE_LOG_DIR}/{source}/{program}.log")
+    """The lines of `program` from `source` on the log server: its file
+    <source>/<program>.log when the server gives it one, else its lines of
+    <source>/_other.log ("" while none arrived)."""
+    result = host(server or group("logserver")[0]).run(
+        "sh -c %s sh %s %s %s", _PROGRAM_LINES, f"{REMOTE_LOG_DIR}/{source}", program, REMOTE_OTHER)
     return result.stdout if result.rc == 0 else ""
 
 
 def wait_for_remote_log(source, program, needle, deadline=90):
-    """Poll the log server until `needle` is in <source>/<program>.log or the
-    deadline passes; returns the file's content."""
+    """Poll the log server until `needle` is in `program`'s lines from
+    `source` (remote_log) or the deadline passes; returns those lines."""
     end = time.monotonic() + deadline
     while True:
         text = remote_log(source, program)

@@ -8,7 +8,7 @@ import time
 import uuid
 
 from clusterlib import REMOTE_LOG_DIR as REMOTE_DIR
-from clusterlib import group, host, remote_log, wait_for_remote_log
+from clusterlib import REMOTE_OTHER, group, host, remote_log, wait_for_remote_log
 
 SERVER = group("logserver")[0]
 WORKER = group("celery_workers")[0]
@@ -21,16 +21,18 @@ LOG_GROUP = "logadmin"   # rsyslog_server_log_group
 
 
 def unique_tag(name):
-    """A program tag no earlier run used (tags are file names on the server)."""
+    """A program tag no earlier run used. The log server lists no such name:
+    its lines go to the sender's catch-all file, <source>/_other.log."""
     return f"{name}-{uuid.uuid4().hex[:8]}"
 
 
-def remote_file(source, program):
+def remote_file(source, program=REMOTE_OTHER):
+    """The file of `program` on the log server; by default the catch-all."""
     return f"{REMOTE_DIR}/{source}/{program}.log"
 
 
 def remote_text(source, program):
-    """Content of <source>/<program>.log on the log server ("" while absent)."""
+    """`program`'s lines from `source` on the log server ("" while none)."""
     return remote_log(source, program, SERVER)
 
 
@@ -127,3 +129,81 @@ def server_files_with(marker, *paths):
     out = host(SERVER).run('m=$(echo %s | base64 -d) && grep -rl --include=*.log -- "$m" ' + " ".join(["%s"] * len(paths)),
                            _hidden(marker), *paths).stdout
     return sorted(set(out.split()))
+
+
+# A sender that floods: one RELP session over TLS sending `count` syslog
+# lines as fast as the server acknowledges them (up to RELP_WINDOW in
+# flight), as a compromised host with its own certificate could. Each line
+# is "<tag> <marker> seq <n> <padding>"; a tag holding "%d" takes n, so
+# every line can carry another program name. Prints what was acknowledged
+# and how long it took.
+_FLOOD = r"""
+import base64, json, re, socket, ssl, sys, time
+spec = json.loads(base64.b64decode(sys.argv[1]))
+window = spec["window"]
+def frame(txnr, command, data):
+    data = data.encode()
+    return ("%d %s %d" % (txnr, command, len(data))).encode() + (b" " + data if data else b"") + b"\n"
+def read_frame(tls, buf):
+    while True:
+        m = re.match(rb"(\d+) (\w+) (\d+)", buf)
+        if m:
+            n = int(m.group(3))
+            start = m.end() + (1 if n else 0)
+            if len(buf) >= start + n + 1:
+                return (m.group(2).decode(), buf[start:start + n]), buf[start + n + 1:]
+        chunk = tls.recv(65536)
+        if not chunk:
+            raise EOFError("the server closed the session")
+        buf += chunk
+def line(n):
+    tag = spec["tag"] % n if "%d" in spec["tag"] else spec["tag"]
+    stamp = time.strftime("%b %e %H:%M:%S")
+    return "<13>%s %s %s: %s seq %d %s" % (stamp, spec["hostname"], tag, spec["marker"], n, "x" * spec["padding"])
+context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+context.check_hostname = False
+context.verify_mode = ssl.CERT_NONE
+context.load_cert_chain(spec["cert"], spec["key"])
+result = {"acked": 0}
+started = time.monotonic()
+try:
+    with socket.create_connection((spec["host"], spec["port"]), timeout=120) as raw:
+        with context.wrap_socket(raw, server_hostname=spec["host"]) as tls:
+            tls.sendall(frame(1, "open", "relp_version=0\nrelp_software=flood\ncommands=syslog"))
+            (command, data), buf = read_frame(tls, b"")
+            txnr, sent, inflight = 2, 0, 0
+            while result["acked"] < spec["count"]:
+                batch = []
+                while inflight < window and sent < spec["count"]:
+                    batch.append(frame(txnr, "syslog", line(sent)))
+                    txnr, sent, inflight = txnr + 1, sent + 1, inflight + 1
+                if batch:
+                    tls.sendall(b"".join(batch))
+                (command, data), buf = read_frame(tls, buf)
+                if command != "rsp" or not data.startswith(b"200"):
+                    raise RuntimeError("refused: %r %r" % (command, data))
+                result["acked"] += 1
+                inflight -= 1
+            tls.sendall(frame(txnr, "close", ""))
+except Exception as error:
+    result["error"] = "%s: %s" % (type(error).__name__, error)
+result["seconds"] = time.monotonic() - started
+print(json.dumps(result))
+"""
+
+
+def relp_flood(source, count, tag, marker, padding=0, cert=f"{PKI}/syslog.crt", key=f"{PKI}/syslog.key"):
+    """Send `count` lines from `source` in one RELP session (see _FLOOD);
+    returns {"acked": n, "seconds": s} and "error" if the session failed."""
+    spec = {"host": SERVER, "port": PORT, "cert": cert, "key": key, "window": RELP_WINDOW, "count": count,
+            "tag": tag, "marker": marker, "padding": padding, "hostname": source}
+    out = host(source).check_output("python3 -c %s %s", _FLOOD, _hidden(json.dumps(spec)))
+    return json.loads(out.splitlines()[-1])
+
+
+def count_on_server(marker, path):
+    """How many distinct "seq" numbers of `marker` lines `path` on the log server holds."""
+    out = host(SERVER).check_output(
+        'm=$(echo %s | base64 -d) && { grep -F -- "$m seq " %s || true; } | grep -o " seq [0-9]*" | sort -u | wc -l',
+        _hidden(marker), path)
+    return int(out.strip() or 0)

@@ -6,7 +6,7 @@ from logcheck import (LOG_GROUP, PKI, REMOTE_DIR, SERVER, WORKER, relp_send, rem
                       unique_tag, wait_for_text)
 
 
-def test_logger_line_on_worker_arrives_in_its_host_and_program_file():
+def test_logger_line_on_worker_arrives_under_its_host_and_program():
     tag = unique_tag("delivery")
     host(WORKER).check_output("logger -t %s %s", tag, f"hello from {WORKER}")
     text = wait_for_text(WORKER, tag, f"hello from {WORKER}")
@@ -28,7 +28,7 @@ def test_received_logs_are_root_and_log_group_only():
     host(WORKER).check_output("logger -t %s modes", tag)
     wait_for_text(WORKER, tag, "modes")
     server = host(SERVER)
-    for path, mode in [(REMOTE_DIR, 0o750), (f"{REMOTE_DIR}/{WORKER}", 0o750), (remote_file(WORKER, tag), 0o640)]:
+    for path, mode in [(REMOTE_DIR, 0o750), (f"{REMOTE_DIR}/{WORKER}", 0o750), (remote_file(WORKER), 0o640)]:
         item = server.file(path)
         assert (item.user, item.group, item.mode) == ("root", LOG_GROUP, mode), path
     # Nothing under the tree is writable by the group or readable by others.

@@ -2,17 +2,18 @@
 rotates, rsyslog reopens its files (the postrotate HUP), the next line goes
 to a new file with the log group's mode, and the older generation is
 compressed one rotation later (delaycompress)."""
-from clusterlib import host
+from clusterlib import host, inventory_vars
 from logcheck import LOG_GROUP, REMOTE_DIR, SERVER, WORKER, remote_file, unique_tag, wait_for_text
 
-LOGROTATE = "/etc/logrotate.d/rsyslog-server"   # the role's __rsyslog_server_logrotate_file
+LOGROTATE = "/etc/rsyslog-server-logrotate.conf"   # the role's __rsyslog_server_logrotate_file
+UNIT = "rsyslog-server-logrotate"   # its timer runs the rotation (__rsyslog_server_logrotate_unit)
 
 
 def test_a_received_file_rotates_and_the_next_line_goes_to_a_new_file():
     tag = unique_tag("rotate")
     host(WORKER).check_output("logger -t %s %s", tag, "before rotation")
     wait_for_text(WORKER, tag, "before rotation")
-    path = remote_file(WORKER, tag)
+    path = remote_file(WORKER)
     server = host(SERVER)
     # The installed configuration covers the file (--debug changes nothing).
     plan = server.run("logrotate --debug --force %s", LOGROTATE)
@@ -38,3 +39,30 @@ def test_a_received_file_rotates_and_the_next_line_goes_to_a_new_file():
         assert "after rotation" in server.file(f"{path}.1").content_string
     finally:
         server.run("rm -f %s %s", narrowed, state)
+
+
+def test_a_file_above_maxsize_rotates_at_the_timers_next_run():
+    # The worker's lines of unlisted programs (its catch-all file), grown
+    # past rsyslog_server_logrotate_maxsize (a sparse hole: no disk used),
+    # rotate at the timer's next run without --force, though the daily
+    # schedule is not due. The run is started now instead of waited for.
+    server = host(SERVER)
+    assert server.service(f"{UNIT}.timer").is_enabled
+    assert server.service(f"{UNIT}.timer").is_running
+    # Not also in Debian's daily run, which would rotate every file twice.
+    assert not server.file("/etc/logrotate.d/rsyslog-server").exists
+    maxsize = inventory_vars(SERVER).get("rsyslog_server_logrotate_maxsize", "256M")
+    tag = unique_tag("maxsize")
+    host(WORKER).check_output("logger -t %s %s", tag, "before growing")
+    wait_for_text(WORKER, tag, "before growing")
+    path = remote_file(WORKER)
+    server.check_output("truncate -s +%s %s && truncate -s +1M %s", maxsize, path, path)
+    try:
+        server.check_output("systemctl start %s.service", UNIT)
+        assert server.run("grep -a -q -- 'before growing' %s.1", path).rc == 0, f"{path} was not rotated"
+        host(WORKER).check_output("logger -t %s %s", tag, "after growing")
+        text = wait_for_text(WORKER, tag, "after growing")
+        assert "before growing" not in text, text
+        assert server.file(path).size < 1024 * 1024
+    finally:
+        server.run("rm -f %s.1", path)
