@@ -1,6 +1,7 @@
 """The configuration the celery role generates, loaded into a real Celery app:
 routing, queues and the beat schedule behave as the variables say, and every
 value Celery would reject is refused by name before anything is deployed."""
+import datetime
 import importlib.util
 import pathlib
 import re
@@ -27,6 +28,7 @@ def settings(**overrides):
     cluster["celery_task_default_exchange"] = main["cluster_task_exchange"]
     cluster["celery_task_queues"] = main["cluster_task_queues"]
     values.update(cluster)
+    values["celery_broker_hosts"] = ["broker1"]  # groups['rabbitmq'], as Ansible would resolve it
     values.update(overrides)
     # Resolve the defaults' plain "{{ name }}" references, as Ansible would.
     for _ in range(3):
@@ -147,12 +149,105 @@ def test_the_cluster_settings_have_no_problems():
      "celery_extra_settings.worker_prefetch_multipler: Celery has no such setting and would ignore it "
      "(did you mean worker_prefetch_multiplier?)"),
     ({"celery_extra_settings": {"worker_max_tasks_per_child": "4"}}, "celery_extra_settings.worker_max_tasks_per_child='4'"),
-    ({"celery_extra_settings": {"worker_send_task_events": "no"}}, "of type bool"),
+    ({"celery_extra_settings": {"worker_enable_remote_control": "no"}}, "of type bool"),
     ({"celery_version": "5.5.0"}, "celery_version='5.5.0' but the controller's Celery is"),
+    # Issue 17 item 3: every celery_* value as Celery reads it.
+    ({"celery_task_acks_late": "false"}, "celery_task_acks_late='false': Celery's setting task_acks_late is of type bool"),
+    ({"celery_worker_prefetch_multiplier": "4"}, "celery_worker_prefetch_multiplier='4'"),
+    ({"celery_beat_sync_every": "1"}, "celery_beat_sync_every='1': Celery's setting beat_sync_every is of type int"),
+    ({"celery_beat_sync_every": -1}, "celery_beat_sync_every=-1"),
+    ({"celery_worker_concurrency": 4}, "celery_worker_concurrency: no variable of the role, so Celery never sees it: "
+                                       "use celery_extra_settings.worker_concurrency"),
+    ({"celery_extra_settings": {"task_acks_late": False}},
+     "celery_extra_settings.task_acks_late: the role sets task_acks_late from celery_task_acks_late"),
+    ({"celery_extra_settings": {"worker_pool": "threads"}}, "celery_extra_settings.worker_pool: the role sets worker_pool itself"),
+    ({"celery_result_backend": "reddis://cache:6379/0"}, "celery_result_backend='reddis://cache:6379/0': Celery has no such result backend"),
+    ({"celery_broker_hosts": "broker1"}, "celery_broker_hosts='broker1': a list of broker host names"),
+    ({"celery_task_queues": "feeds"}, "celery_task_queues='feeds': a list of queue names"),
+    ({"celery_worker_log_level": "verbose"}, "celery_worker_log_level='verbose': Celery's --loglevel refuses it"),
+    ({"celery_beat_log_level": "loud"}, "celery_beat_log_level='loud'"),
+    ({"celery_task_routes": [{"glob": "feed.*", "queue": "feeds", "routing_key": "x"}]},
+     "celery_task_routes[0]: routing_key would be ignored"),
+    ({"celery_task_annotations": {"feed.tasks.sleep": {"rate_limt": "1/s"}}},
+     "celery_task_annotations['feed.tasks.sleep'].rate_limt: Celery's tasks have no such attribute, it would do nothing "
+     "(did you mean rate_limit?)"),
+    ({"celery_task_annotations": {"feed.tasks.sleep": {"soft_time_limit": 30, "time_limit": 3}}},
+     "celery_task_annotations['feed.tasks.sleep'].soft_time_limit=30 must be below its time_limit=3"),
+    ({"celery_task_annotations": {"feed.tasks.sleep": {"time_limit": "30"}}},
+     "celery_task_annotations['feed.tasks.sleep'].time_limit='30': a time limit is a positive number"),
+    ({"celery_beat_schedule": [{"name": "x", "task": "t", "interval": 5}, {"name": "x", "task": "u", "interval": 6}]},
+     "celery_beat_schedule['x']: a second entry of this name"),
+    ({"celery_beat_schedule": [{"name": "x", "task": "t", "interval": 5, "queue": "web"}]},
+     "celery_beat_schedule['x']: queue would be ignored"),
+    ({"celery_beat_schedule": [{"name": "x", "task": "t", "interval": 5, "options": {"queue": "web", "prority": 5}}]},
+     "celery_beat_schedule['x'].options.prority: Celery would send the task without it (did you mean priority?)"),
+    ({"celery_beat_schedule": [{"name": "x", "task": "t", "interval": 5, "options": {"queue": "nowhere"}}]},
+     "celery_beat_schedule['x'].options.queue='nowhere': not a queue of celery_task_queues"),
+    ({"celery_beat_schedule": [{"name": "x", "task": "t", "interval": 5, "args": "abc"}]},
+     "celery_beat_schedule['x'].args='abc': a list"),
+    ({"celery_beat_schedule": [{"name": "x", "task": "t", "interval": 5, "kwargs": {"day": datetime.date(2024, 1, 1)}}]},
+     "celery_beat_schedule['x'].kwargs="),
+    ({"celery_beat_schedule": [{"name": "x", "task": "t", "interval": 5, "expires": "3600"}]},
+     "celery_beat_schedule['x'].expires='3600': a positive number of seconds"),
+    ({"celery_beat_schedule": [{"name": "x", "task": "t", "interval": 5, "options": {"expires": 0}}]},
+     "celery_beat_schedule['x'].expires=0"),
+    ({"celery_beat_schedule": [{"name": "x", "task": "t", "interval": 5, "expires": 9, "options": {"expires": 8}}]},
+     "celery_beat_schedule['x']: expires given twice"),
+    # Read as the text celery_beat_config writes: "[0, 30]", not the list.
+    ({"celery_beat_schedule": [{"name": "x", "task": "t", "crontab": {"minute": [0, 30]}}]},
+     "celery_beat_schedule['x'].crontab.minute=[0, 30] is refused by Celery's crontab"),
 ])
 def test_values_celery_would_reject_are_named(override, names):
     problems = filters.celery_config_problems(settings(**override))
     assert len(problems) == 1 and names in problems[0], problems
+
+
+LAB_POOLS = [{"name": "feeds", "queues": ["feeds"], "concurrency": 2, "max_tasks_per_child": 100},
+             {"name": "web", "queues": ["web", "celery"], "concurrency": 4, "pool": "threads"},
+             {"name": "media", "queues": ["media"], "autoscale": "4,1", "prefetch_multiplier": 2}]
+
+
+def test_the_lab_pools_have_no_problems():
+    assert filters.celery_worker_problems({"celery_worker_pools": LAB_POOLS, "celery_worker_prefetch_multiplier": 1}) == []
+    assert filters.celery_worker_problems({"celery_worker_pools": []}) == []
+
+
+# Read by Celery's own command line (celery worker's option types and
+# callbacks, its pool table), as the unit starts it from pool.env.
+@pytest.mark.parametrize("pool, words", [
+    ({"concurrency": 0}, "celery_worker_pools['p'].concurrency=0: Celery reads it as the CPU count"),
+    ({"concurrency": -2}, "celery_worker_pools['p'].concurrency=-2: Celery's --concurrency refuses it"),
+    ({"concurrency": 2.5}, "celery_worker_pools['p'].concurrency=2.5: Celery's --concurrency refuses it"),
+    ({"concurrency": True}, "celery_worker_pools['p'].concurrency=True"),
+    ({"pool": "fork"}, "celery_worker_pools['p'].pool='fork': Celery has no such pool"),
+    ({"pool": "gevent"}, "celery_worker_pools['p'].pool='gevent': use one of prefork, threads, solo"),
+    ({"autoscale": "1,4"}, "celery_worker_pools['p'].autoscale='1,4': Celery reads it as max 4, min 1"),
+    ({"autoscale": "x,4"}, "celery_worker_pools['p'].autoscale='x,4': Celery's --autoscale refuses it"),
+    ({"autoscale": "0,0"}, "celery_worker_pools['p'].autoscale='0,0': at most 1 or more"),
+    ({"autoscale": "4,1", "pool": "threads"}, "celery_worker_pools['p'].autoscale='4,1': only the prefork pool can grow"),
+    ({"prefetch_multiplier": "1.5"}, "celery_worker_pools['p'].prefetch_multiplier='1.5': Celery's --prefetch-multiplier refuses it"),
+    ({"prefetch_multiplier": 0}, "celery_worker_pools['p'].prefetch_multiplier=0: Celery reads 0 as celery_worker_prefetch_multiplier (1)"),
+    ({"prefetch_multiplier": -1}, "celery_worker_pools['p'].prefetch_multiplier=-1"),
+    ({"max_tasks_per_child": 0}, "celery_worker_pools['p'].max_tasks_per_child=0: a whole number, 1 or more"),
+    ({"max_tasks_per_child": "many"}, "celery_worker_pools['p'].max_tasks_per_child='many': Celery's --max-tasks-per-child refuses it"),
+    ({"max_tasks_per_child": 50, "pool": "threads"}, "celery_worker_pools['p'].max_tasks_per_child=50: only the prefork pool"),
+    ({"queues": ["feeds,web"]}, "celery_worker_pools['p'].queues=['feeds,web']: Celery would read ['feeds', 'web']"),
+    ({"time_limit": 30}, "celery_worker_pools['p']: time_limit would be ignored"),
+])
+def test_pool_options_celery_worker_would_reject_are_named(pool, words):
+    problems = filters.celery_worker_problems({"celery_worker_pools": [{"name": "p", "queues": ["feeds"], **pool}]})
+    assert len(problems) == 1 and words in problems[0], problems
+
+
+def test_pool_prefetch_zero_is_as_written_when_the_setting_is_zero_too():
+    pools = [{"name": "p", "queues": ["feeds"], "prefetch_multiplier": 0}]
+    assert filters.celery_worker_problems({"celery_worker_pools": pools, "celery_worker_prefetch_multiplier": 0}) == []
+
+
+def test_every_beat_option_the_role_documents_is_one_celery_reads():
+    entry = {"name": "x", "task": "t", "interval": 5, "options": {
+        "queue": "web", "routing_key": "web", "priority": 5, "expires": 9, "countdown": 1, "headers": {"a": 1}}}
+    assert filters.celery_config_problems(settings(celery_beat_schedule=[entry])) == []
 
 
 # month_of_year "jan": the hand-written copy of the crontab rules this role

@@ -93,6 +93,15 @@ BAD_INPUT = [
      ["flower_auth_password", "vault_flower_password", "CHANGE_ME placeholder"]),
     ("flower-short-password", {"vault_flower_password": "short"}, ["flower_auth_password", "12 characters"]),
     ("flower-open-to-nobody", {"flower_allow_cidrs": []}, ["flower_allow_cidrs and flower_allow_groups are both empty"]),
+    ("setting-read-as-another-type", {"celery_task_acks_late": "false"},
+     ["celery_task_acks_late='false'", "of type bool"]),
+    ("autoscale-on-a-threads-pool",
+     {"celery_worker_pools": [{"name": "io", "queues": ["feeds"], "pool": "threads", "autoscale": "4,1"}]},
+     ["celery_worker_pools['io'].autoscale='4,1'", "only the prefork pool"]),
+    ("log-program-name-with-a-slash", {"rsyslog_server_program_files_extra": ["../../etc/cron.d/x"]},
+     ["rsyslog_server_program_files", "../../etc/cron.d/x"]),
+    ("log-sender-rate-too-low", {"rsyslog_server_sender_rate": 2000},
+     ["rsyslog_server_sender_rate must be 0 (no limit) or at least 65536"]),
 ]
 
 
