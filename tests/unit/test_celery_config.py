@@ -172,7 +172,7 @@ def test_the_cluster_settings_have_no_problems():
      "celery_task_annotations['feed.tasks.sleep'].rate_limt: Celery's tasks have no such attribute, it would do nothing "
      "(did you mean rate_limit?)"),
     ({"celery_task_annotations": {"feed.tasks.sleep": {"soft_time_limit": 30, "time_limit": 3}}},
-     "celery_task_annotations['feed.tasks.sleep'].soft_time_limit=30 must be below its time_limit=3"),
+     "celery_task_annotations['feed.tasks.sleep'].soft_time_limit=30 must be below celery_task_annotations['feed.tasks.sleep'].time_limit=3"),
     ({"celery_task_annotations": {"feed.tasks.sleep": {"time_limit": "30"}}},
      "celery_task_annotations['feed.tasks.sleep'].time_limit='30': a time limit is a positive number"),
     ({"celery_beat_schedule": [{"name": "x", "task": "t", "interval": 5}, {"name": "x", "task": "u", "interval": 6}]},

@@ -264,6 +264,18 @@ def _backend_problems(backend):
     return []
 
 
+def _time_limit_problems(prefix, hard, soft):
+    """<prefix>time_limit and <prefix>soft_time_limit: positive numbers of
+    seconds or null, the soft one below the hard one (Celery checks neither:
+    a soft limit at or above the hard one never fires)."""
+    problems = [f"{prefix}{key}={value!r}: a time limit is a positive number of seconds, or null"
+                for key, value in (("time_limit", hard), ("soft_time_limit", soft))
+                if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0)]
+    if not problems and soft is not None and hard is not None and soft >= hard:
+        problems.append(f"{prefix}soft_time_limit={soft} must be below {prefix}time_limit={hard}")
+    return problems
+
+
 def _annotation_problems(annotations):
     """celery_task_annotations: Celery sets each key as an attribute of the
     task class, so one the Task class does not have is set for nothing."""
@@ -283,13 +295,7 @@ def _annotation_problems(annotations):
         limit = annotation.get("rate_limit")
         if limit not in (None, "") and (problem := _rate_problem(limit)):
             problems.append(f"{where}.rate_limit={limit!r}: {problem}")
-        for key in ("time_limit", "soft_time_limit"):
-            value = annotation.get(key)
-            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0):
-                problems.append(f"{where}.{key}={value!r}: a time limit is a positive number of seconds, or null")
-        soft, hard = annotation.get("soft_time_limit"), annotation.get("time_limit")
-        if all(isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0 for v in (soft, hard)) and soft >= hard:
-            problems.append(f"{where}.soft_time_limit={soft} must be below its time_limit={hard}")
+        problems.extend(_time_limit_problems(f"{where}.", annotation.get("time_limit"), annotation.get("soft_time_limit")))
     return problems
 
 
@@ -409,13 +415,8 @@ def celery_config_problems(settings):
     if isinstance(sync, int) and not isinstance(sync, bool) and sync < 0:
         # Hand-written: Celery has no check; a negative count syncs after every tick.
         problems.append(f"celery_beat_sync_every={sync}: 0 (every 3 minutes) or more tasks sent")
-    for name in ("celery_task_time_limit", "celery_task_soft_time_limit"):
-        value = settings.get(name)
-        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0):
-            problems.append(f"{name}={value!r}: a time limit is a positive number of seconds, or null")
-    soft, hard = settings.get("celery_task_soft_time_limit"), settings.get("celery_task_time_limit")
-    if isinstance(soft, (int, float)) and isinstance(hard, (int, float)) and soft > 0 and hard > 0 and soft >= hard:
-        problems.append(f"celery_task_soft_time_limit={soft} must be below celery_task_time_limit={hard}")
+    problems.extend(_time_limit_problems("celery_task_", settings.get("celery_task_time_limit"),
+                                         settings.get("celery_task_soft_time_limit")))
     prefetch = settings.get("celery_worker_prefetch_multiplier")
     if prefetch is not None and (not isinstance(prefetch, int) or isinstance(prefetch, bool) or prefetch < 0):
         problems.append(f"celery_worker_prefetch_multiplier={prefetch!r}: a whole number, 0 or more")
