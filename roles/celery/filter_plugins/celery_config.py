@@ -276,7 +276,17 @@ def _time_limit_problems(prefix, hard, soft):
     return problems
 
 
-def _annotation_problems(annotations):
+def _serializer_override_problem(where, value, accept):
+    """A task's own `serializer` (an annotation or a beat entry's option):
+    one the workers do not accept (celery_accept_content) makes them refuse
+    the task, so it never runs; with 'auth' accepted only, it would also be
+    an unsigned task."""
+    if value is not None and isinstance(accept, list) and value not in accept:
+        return f"{where}.serializer={value!r}: the workers accept only {accept!r} (celery_accept_content)"
+    return None
+
+
+def _annotation_problems(annotations, accept):
     """celery_task_annotations: Celery sets each key as an attribute of the
     task class, so one the Task class does not have is set for nothing."""
     if not isinstance(annotations, dict):
@@ -292,6 +302,8 @@ def _annotation_problems(annotations):
                 close = difflib.get_close_matches(str(key), [n for n in dir(task_class) if not n.startswith("_")], n=1)
                 problems.append(f"{where}.{key}: Celery's tasks have no such attribute, it would do nothing"
                                 + (f" (did you mean {close[0]}?)" if close else ""))
+        if problem := _serializer_override_problem(where, annotation.get("serializer"), accept):
+            problems.append(problem)
         limit = annotation.get("rate_limit")
         if limit not in (None, "") and (problem := _rate_problem(limit)):
             problems.append(f"{where}.rate_limit={limit!r}: {problem}")
@@ -299,7 +311,7 @@ def _annotation_problems(annotations):
     return problems
 
 
-def _beat_problems(schedule, declared):
+def _beat_problems(schedule, declared, accept):
     """celery_beat_schedule, entry by entry, as celery_beat_config renders it
     and Celery's beat then reads it."""
     if not isinstance(schedule, list):
@@ -365,6 +377,8 @@ def _beat_problems(schedule, declared):
         # as an ISO 8601 instant (the same one for every run), and checks neither.
         if expires is not None and (isinstance(expires, bool) or not isinstance(expires, (int, float)) or expires <= 0):
             problems.append(f"{where}.expires={expires!r}: a positive number of seconds")
+        if problem := _serializer_override_problem(f"{where}.options", options.get("serializer"), accept):
+            problems.append(problem)
         queue = options.get("queue")
         if queue is not None and declared is not None and queue not in declared:
             # Celery would make up a queue of that name on an exchange of that
@@ -426,7 +440,8 @@ def celery_config_problems(settings):
     default_rate = settings.get("celery_task_default_rate_limit")
     if default_rate not in (None, "") and (problem := _rate_problem(default_rate)):
         problems.append(f"celery_task_default_rate_limit={default_rate!r}: {problem}")
-    problems.extend(_annotation_problems(settings.get("celery_task_annotations") or {}))
+    accept = settings.get("celery_accept_content", ["auth"])
+    problems.extend(_annotation_problems(settings.get("celery_task_annotations") or {}, accept))
     queues = settings.get("celery_task_queues") or []
     if not isinstance(queues, list) or not all(isinstance(queue, str) and queue for queue in queues):
         # A string would be rendered as one queue per character.
@@ -449,7 +464,7 @@ def celery_config_problems(settings):
         if queues and rule["queue"] not in queues and not settings.get("celery_task_create_missing_queues", True):
             problems.append(f"{where}.queue={rule['queue']!r} is not in celery_task_queues")
     declared = {settings.get("celery_task_default_queue", "celery"), *queues} if valid_queues else None
-    problems.extend(_beat_problems(settings.get("celery_beat_schedule") or [], declared))
+    problems.extend(_beat_problems(settings.get("celery_beat_schedule") or [], declared, accept))
     # Last, for the variables no check above named already (one problem each).
     named = {re.split(r"[=:\[. ]", problem, maxsplit=1)[0] for problem in problems}
     problems.extend(problem for problem in _setting_type_problems(settings)
