@@ -544,13 +544,17 @@ def celery_worker_problems(settings):
 
 
 def _concurrency_problems(where, value):
-    """--concurrency, read by Celery's own option callback."""
+    """--concurrency, read as `celery worker` reads it: the option's own type,
+    then its callback (Celery 5.6: int, then the configured value for 0;
+    5.7: also 'auto'), taken from the click command, so any supported
+    Celery on the controller reads it its own way."""
     found = _celery()
     configured = object()  # what Celery falls back to: worker_concurrency, the CPU count by default
     context = type("Context", (), {"obj": type("Obj", (), {"app": type("App", (), {
         "conf": type("Conf", (), {"worker_concurrency": configured})})})})
+    option = next(param for param in found["worker"].worker.params if param.name == "concurrency")
     try:
-        number = found["worker"]._concurrency_value(context, None, str(value))  # noqa: SLF001 - the option's reader
+        number = option.callback(context, option, option.type.convert(str(value), option, None))
     except found["click"].BadParameter as error:
         return [f"{where}.concurrency={value!r}: Celery's --concurrency refuses it ({error.message})"]
     if number is configured:
