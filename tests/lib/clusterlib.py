@@ -145,18 +145,19 @@ def amqp_session(source, user, actions, target, *, secret=None, vhost=VHOST, por
     return json.loads(out.splitlines()[-1])
 
 
-def run_playbook(playbook, *extra, inventory=None, secrets_file=None):
-    """Run one of the repository's playbooks against the scenario's hosts."""
+def run_playbook(playbook, *extra, inventory=None, secrets_file=None, env=None):
+    """Run one of the repository's playbooks against the scenario's hosts
+    (`env`: more environment for ansible-playbook)."""
     # The scenario's own extra vars (its admin address, say), as its converge got them.
     scenario = [f"--extra-vars={os.environ['CLUSTER_EXTRA_VARS']}"] if os.environ.get("CLUSTER_EXTRA_VARS") else []
     cmd = ["ansible-playbook", "-i", inventory or INVENTORY,
            f"--extra-vars=@{secrets_file or os.environ['CLUSTER_SECRETS']}", *scenario,
            os.path.join(PROJECT, playbook), *extra]
     # ansible.cfg's strategy (Mitogen) unless CLUSTER_ANSIBLE_STRATEGY names another (linear).
-    env = dict(os.environ, ANSIBLE_CONFIG=os.path.join(PROJECT, "ansible.cfg"), ANSIBLE_FORCE_COLOR="0")
+    environment = dict(os.environ, ANSIBLE_CONFIG=os.path.join(PROJECT, "ansible.cfg"), ANSIBLE_FORCE_COLOR="0", **(env or {}))
     if os.environ.get("CLUSTER_ANSIBLE_STRATEGY"):
-        env["ANSIBLE_STRATEGY"] = os.environ["CLUSTER_ANSIBLE_STRATEGY"]
-    return subprocess.run(cmd, capture_output=True, text=True, env=env, check=False, timeout=600)
+        environment["ANSIBLE_STRATEGY"] = os.environ["CLUSTER_ANSIBLE_STRATEGY"]
+    return subprocess.run(cmd, capture_output=True, text=True, env=environment, check=False, timeout=600)
 
 
 def recap_changed(result, name):

@@ -20,7 +20,7 @@ import uuid
 import pytest
 import yaml
 from clusterlib import (PROJECT, celery_cli, group, host, http_get, inventory_vars, recap_changed, remote_log, run_playbook,
-                        secrets, wait_for_remote_log)
+                        secrets, wait_for_remote_log, wait_until)
 
 WORKER = group("celery_workers")[0]
 BEAT = group("celery_beat")[0]
@@ -219,19 +219,10 @@ def pool_pids():
         "systemctl show --property MainPID --value celery-worker@feeds.service celery-worker@web.service").split()
 
 
-def test_a_new_version_reaches_the_pools_warm_and_the_old_one_rolls_back(tmp_path, widgets):
-    """Version 2 of the app (an sdist, celery_app_source: package) replaces
-    the directory release in one celery.yml run while a publisher sends
-    tasks: every task sent meanwhile runs, the pools restart and register v2's
-    new task, and the v1 release stays on the host. Going back to the
-    directory (the rollback) switches to the kept release without unpacking
-    it again, removes v2's package, and v1's tasks run."""
-    v1 = host(WORKER).check_output("readlink -f %s/current", RELEASES)
-    unpacked = host(WORKER).check_output("stat -c %%Y %s/.celery-release", v1)
-    sdist = release_of_v2(str(tmp_path))
-    before = pool_pids()
+def start_publisher():
+    """A web process of the operator's on the beat host that sends
+    add(i, 0) every 0.2 s until stop_publisher(); returns its token."""
     token = uuid.uuid4().hex[:8]
-    # A publisher that sends add(i, 0) every 0.2 s until the flag file exists.
     host(BEAT).check_output("rm -f /tmp/stop-%s /tmp/sent-%s", token, token)
     host(BEAT).check_output(
         "systemd-run --quiet --unit publisher-%s --uid=www-data --property=SupplementaryGroups=celery"
@@ -247,17 +238,43 @@ with open("/tmp/sent-{token}", "a") as sent:
         sent.flush()
         time.sleep(0.2)
 """)
+    return token
+
+
+def stop_publisher(token):
+    """Stop the publisher; returns the ids of the tasks it sent."""
+    host(BEAT).check_output("touch /tmp/stop-%s", token)
+    return host(BEAT).check_output("cat /tmp/sent-%s", token).split()
+
+
+def never_ran(sent):
+    """The ids among `sent` that the feeds pool has not logged as succeeded
+    (the server's file read once)."""
+    ran = set(re.findall(r"Task demoapp\.tasks\.add\[([0-9a-f-]+)\] succeeded", remote_log(WORKER, "celery-worker-feeds")))
+    return [task_id for task_id in sent if task_id not in ran]
+
+
+def test_a_new_version_reaches_the_pools_warm_and_the_old_one_rolls_back(tmp_path, widgets):
+    """Version 2 of the app (an sdist, celery_app_source: package) replaces
+    the directory release in one celery.yml run while a publisher sends
+    tasks: every task sent meanwhile runs, the pools restart and register v2's
+    new task, and the v1 release stays on the host. Going back to the
+    directory (the rollback) switches to the kept release without unpacking
+    it again, removes v2's package, and v1's tasks run."""
+    v1 = host(WORKER).check_output("readlink -f %s/current", RELEASES)
+    unpacked = host(WORKER).check_output("stat -c %%Y %s/.celery-release", v1)
+    sdist = release_of_v2(str(tmp_path))
+    before = pool_pids()
+    token = start_publisher()
     try:
         update = run_playbook("playbooks/celery.yml", "--extra-vars",
                               json.dumps({"celery_app_source": "package", "celery_app_package": sdist}))
         assert recap_changed(update, WORKER) > 0
     finally:
-        host(BEAT).check_output("touch /tmp/stop-%s", token)
-    sent = host(BEAT).check_output("cat /tmp/sent-%s", token).split()
+        sent = stop_publisher(token)
     assert len(sent) > 20, "the publisher hardly sent during the update"
-    deadline = time.monotonic() + 180
-    while (missing := [i for i in sent if not succeeded_in("feeds", "add", i)]) and time.monotonic() < deadline:
-        time.sleep(3)
+    wait_until(lambda: not never_ran(sent), 180, interval=3)
+    missing = never_ran(sent)
     assert not missing, f"{len(missing)} of {len(sent)} tasks sent during the update never ran"
     after = pool_pids()
     assert all(old != new for old, new in zip(before, after)), (before, after)
