@@ -222,21 +222,19 @@ def all_marks():
             for token in host(worker).run("ls /var/lib/celery/marks").stdout.split()}
 
 
-def wait_until(condition, deadline, interval=2):
-    """Call condition() until it returns something true or `deadline`
-    seconds have passed; returns its last result."""
+def wait_until(condition, deadline, interval=2, done=bool):
+    """The tests' one way to wait: call condition() every `interval`
+    seconds until done(its result) is true (by default: the result is) or
+    `deadline` seconds have passed; returns its last result."""
     end = time.monotonic() + deadline
-    while not (result := condition()) and time.monotonic() < end:
+    while not done(result := condition()) and time.monotonic() < end:
         time.sleep(interval)
     return result
 
 
 def wait_marks(tokens, seconds):
     """Poll until every token left its mark or `seconds` passed; returns the missing ones."""
-    deadline = time.monotonic() + seconds
-    while (missing := set(tokens) - all_marks()) and time.monotonic() < deadline:
-        time.sleep(3)
-    return missing
+    return wait_until(lambda: set(tokens) - all_marks(), seconds, interval=3, done=lambda missing: not missing)
 
 
 REMOTE_LOG_DIR = "/var/log/remote"
@@ -265,12 +263,7 @@ def remote_log(source, program, server=None):
 def wait_for_remote_log(source, program, needle, deadline=90):
     """Poll the log server until `needle` is in `program`'s lines from
     `source` (remote_log) or the deadline passes; returns those lines."""
-    end = time.monotonic() + deadline
-    while True:
-        text = remote_log(source, program)
-        if needle in text or time.monotonic() > end:
-            return text
-        time.sleep(2)
+    return wait_until(lambda: remote_log(source, program), deadline, done=lambda text: needle in text)
 
 
 _BEAT_SENT = re.compile(r"^(\d+\.\d+) .*Scheduler: Sending due task (\S+) ")

@@ -9,7 +9,7 @@ import uuid
 import pytest
 import yaml
 from clusterlib import (INVENTORY, address, amqp_session, broker_pid, group, host, http_get, inventory_vars, password,
-                        recap_changed, run_playbook, tcp_open)
+                        recap_changed, run_playbook, tcp_open, wait_until)
 
 BROKERS = group("rabbitmq")
 PRODUCER = group("celery_beat")[0]
@@ -109,9 +109,7 @@ def test_quorum_queue_accepts_and_delivers_with_one_broker_stopped():
         assert mine == expected
     finally:
         host(stopped).check_output("systemctl start rabbitmq-server")
-        deadline = time.monotonic() + 120
-        while _running(BROKERS[0]) != {f"rabbit@{b}" for b in BROKERS} and time.monotonic() < deadline:
-            time.sleep(3)
+        wait_until(lambda: _running(BROKERS[0]) == {f"rabbit@{b}" for b in BROKERS}, 120, interval=3)
     assert _running(BROKERS[0]) == {f"rabbit@{b}" for b in BROKERS}
 
 

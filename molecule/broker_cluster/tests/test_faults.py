@@ -25,10 +25,7 @@ def running_nodes(name):
 
 def wait_cluster(seconds=300):
     expected = {f"rabbit@{b}" for b in BROKERS}
-    deadline = time.monotonic() + seconds
-    while running_nodes(BROKERS[0]) != expected and time.monotonic() < deadline:
-        time.sleep(3)
-    return running_nodes(BROKERS[0]) == expected
+    return wait_until(lambda: running_nodes(BROKERS[0]) == expected, seconds, interval=3)
 
 
 def publish_marks(count):
@@ -79,9 +76,7 @@ def test_a_task_whose_process_is_killed_is_redelivered_and_completes():
         time.sleep(0.2)
     assert pid, "the task never started"
     host(WORKER).check_output("kill -KILL %s", str(pid))
-    deadline = time.monotonic() + 180
-    while producer.run("test -s /tmp/killed.result").rc != 0 and time.monotonic() < deadline:
-        time.sleep(2)
+    wait_until(lambda: producer.run("test -s /tmp/killed.result").rc == 0, 180)
     result = json.loads(producer.run("cat /tmp/killed.result").stdout or "{}")
     assert result.get("redelivered") is True and result.get("slept") == 30, (
         result, producer.run("cat /tmp/killed.log").stdout[-1500:],
@@ -106,12 +101,8 @@ def test_1000_queued_tasks_survive_a_restart_of_every_broker():
         before = {broker: broker_pid(broker) for broker in BROKERS}
         for broker in BROKERS:  # all at once: quorum queues come back from disk
             host(broker).check_output("systemctl --no-block restart rabbitmq-server")
-        deadline = time.monotonic() + 300
-        while time.monotonic() < deadline:
-            after = {broker: broker_pid(broker) for broker in BROKERS}
-            if all(after[b] not in ("0", before[b]) for b in BROKERS):
-                break
-            time.sleep(2)
+        after = wait_until(lambda: {broker: broker_pid(broker) for broker in BROKERS}, 300,
+                           done=lambda pids: all(pids[b] not in ("0", before[b]) for b in BROKERS))
         assert all(after[b] not in ("0", before[b]) for b in BROKERS), f"not every broker restarted: {before} -> {after}"
         assert wait_cluster(), "the brokers did not form one cluster again"
     finally:

@@ -1,10 +1,9 @@
 """Exactly one beat; its entries fire on schedule, once per period, in the
 configured time zone; its state is kept on disk."""
 import re
-import time
 from datetime import datetime
 
-from clusterlib import beat_sent, group, host
+from clusterlib import beat_sent, group, host, wait_until
 
 BEAT = group("celery_beat")[0]
 HEARTBEAT = re.compile(r"heartbeat entry=(\w+) utc=(\S+) zone=(\S+) local=(\S+)")
@@ -25,10 +24,7 @@ def heartbeats(since_seconds):
 
 
 def wait_for(predicate, seconds):
-    deadline = time.monotonic() + seconds
-    while not predicate() and time.monotonic() < deadline:
-        time.sleep(5)
-    return predicate()
+    return wait_until(predicate, seconds, interval=5)
 
 
 def test_beat_runs_on_the_beat_host_only():

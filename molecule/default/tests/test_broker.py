@@ -7,7 +7,7 @@ import time
 import uuid
 
 import pytest
-from clusterlib import amqp_session, group, host, password, recap_changed, run_playbook
+from clusterlib import amqp_session, group, host, password, recap_changed, run_playbook, wait_until
 
 BROKER = group("rabbitmq")[0]
 CLIENT = group("celery_clients")[0]
@@ -162,12 +162,7 @@ def put_file(name, path, content):
 
 def wait_json(name, path, deadline=30):
     """The JSON document the host writes to `path`, once it is complete."""
-    end = time.monotonic() + deadline
-    while True:
-        text = host(name).run("cat %s", path).stdout.strip()
-        if text or time.monotonic() > end:
-            return json.loads(text)
-        time.sleep(1)
+    return json.loads(wait_until(lambda: host(name).run("cat %s", path).stdout.strip(), deadline, interval=1))
 
 
 def test_client_cannot_publish_into_an_arbitrary_queue_through_the_default_exchange():

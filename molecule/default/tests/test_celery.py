@@ -1,7 +1,6 @@
 """Celery through the real broker: routing to the pools, limits, warm restarts."""
 import json
 import re
-import time
 
 import pytest
 from clusterlib import CELERY, celery_cli, celery_python, group, host, inventory_vars, run_playbook, wait_marks, wait_until

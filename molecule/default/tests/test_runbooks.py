@@ -54,12 +54,10 @@ def test_status_runbook_reports_queues_workers_and_beat():
     queue = f"status-{uuid.uuid4().hex[:8]}"
     assert amqp_session(WORKER, "celery_worker", [["declare", queue], ["publish", queue, 4, "s"]], BROKER)["ok"]
     try:
-        for _ in range(6):   # RabbitMQ refreshes queue statistics every 5 s
-            result = run_playbook("playbooks/runbooks/status.yml")
-            assert result.returncode == 0, result.stdout[-3000:]
-            if f"{queue} 4 4 0" in result.stdout:
-                break
-            time.sleep(3)
+        # RabbitMQ refreshes queue statistics every 5 s: run it until they count the 4.
+        result = wait_until(lambda: run_playbook("playbooks/runbooks/status.yml"), 60, interval=3,
+                            done=lambda run: run.returncode != 0 or f"{queue} 4 4 0" in run.stdout)
+        assert result.returncode == 0, result.stdout[-3000:]
         assert f"{queue} 4 4 0" in result.stdout, result.stdout[-3000:]
         for worker in group("celery_workers"):
             assert re.search(rf"@{worker}: ", result.stdout), worker
@@ -167,7 +165,12 @@ def test_purge_runbook_needs_the_queue_named_twice():
         wrong = run_playbook("playbooks/runbooks/purge-queue.yml", "-e", f"runbook_queue={queue}",
                              "-e", "runbook_confirm=feeds")
         assert wrong.returncode != 0 and "runbook_confirm" in wrong.stdout, wrong.stdout[-2000:]
-        time.sleep(6)   # queue statistics refresh every 5 s
+        # The runbook reports the broker's counts, refreshed every 5 s: watch them reach the 5.
+        counted = wait_until(lambda: run_playbook("playbooks/runbooks/queues.yml"), 60, interval=2,
+                             done=lambda run: run.returncode != 0
+                             or any(queue in line.split() and line.split()[-3:] == ["5", "5", "0"]
+                                    for line in run.stdout.splitlines()))
+        assert counted.returncode == 0, counted.stdout[-3000:]
         purged = run_playbook("playbooks/runbooks/purge-queue.yml", "-e", f"runbook_queue={queue}",
                               "-e", f"runbook_confirm={queue}")
         assert purged.returncode == 0, purged.stdout[-3000:]

@@ -83,10 +83,7 @@ def marked(token):
 
 
 def wait_marked(token, deadline=60):
-    end = time.monotonic() + deadline
-    while not marked(token) and time.monotonic() < end:
-        time.sleep(1)
-    return marked(token)
+    return wait_until(lambda: marked(token), deadline, interval=1)
 
 
 def test_a_signed_task_runs_and_its_signed_result_comes_back():

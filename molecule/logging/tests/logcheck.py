@@ -4,11 +4,10 @@ that runs on a host with a certificate of our choosing."""
 import base64
 import json
 import re
-import time
 import uuid
 
 from clusterlib import REMOTE_LOG_DIR as REMOTE_DIR
-from clusterlib import REMOTE_OTHER, group, host, remote_log, wait_for_remote_log
+from clusterlib import REMOTE_OTHER, group, host, remote_log, wait_for_remote_log, wait_until
 
 SERVER = group("logserver")[0]
 WORKER = group("celery_workers")[0]
@@ -51,12 +50,7 @@ def numbers(text, tag):
 def wait_for_numbers(source, tag, expected, deadline=120):
     """Poll the server until every number in `expected` arrived or the
     deadline passed; returns the numbers found, in file order."""
-    end = time.monotonic() + deadline
-    while True:
-        got = numbers(remote_text(source, tag), tag)
-        if set(expected) <= set(got) or time.monotonic() > end:
-            return got
-        time.sleep(2)
+    return wait_until(lambda: numbers(remote_text(source, tag), tag), deadline, done=lambda got: set(expected) <= set(got))
 
 
 def wait_for_text(source, program, needle, deadline=90):

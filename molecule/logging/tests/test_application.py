@@ -14,7 +14,6 @@ import re
 import shutil
 import tarfile
 import tempfile
-import time
 import uuid
 
 import pytest
@@ -148,9 +147,7 @@ def test_beat_fires_the_inventorys_entry_for_an_example_task():
     sent = wait_for_remote_log(BEAT, "celery-beat", "Sending due task django-add-every-10s (demoapp.tasks.add)")
     assert "Sending due task django-add-every-10s (demoapp.tasks.add)" in sent
     answer = re.compile(r"Task demoapp\.tasks\.add\[[0-9a-f-]+\] succeeded in [0-9.e-]+s: 42$", re.M)
-    deadline = time.monotonic() + 90
-    while not answer.search(ran := remote_log(WORKER, "celery-worker-feeds")) and time.monotonic() < deadline:
-        time.sleep(2)
+    ran = wait_until(lambda: remote_log(WORKER, "celery-worker-feeds"), 90, done=answer.search)
     assert answer.search(ran), ran[-2000:]
 
 
@@ -176,13 +173,9 @@ from demoapp import tasks
 sent = [tasks.add.delay(1, 1), tasks.xsum.delay([4, 5])]
 print(json.dumps([[result.id, result.get(timeout=90)] for result in sent]))
 """)
-    deadline = time.monotonic() + 60
-    while True:
-        seen = {task_id: flower_api(f"/api/task/info/{task_id}") if task_id in flower_api("/api/tasks") else None
-                for task_id, _ in sent}
-        if all(info and info.get("state") == "SUCCESS" for info in seen.values()) or time.monotonic() > deadline:
-            break
-        time.sleep(2)
+    seen = wait_until(lambda: {task_id: flower_api(f"/api/task/info/{task_id}") if task_id in flower_api("/api/tasks") else None
+                               for task_id, _ in sent},
+                      60, done=lambda found: all(info and info.get("state") == "SUCCESS" for info in found.values()))
     assert [(seen[task_id] or {}).get("name") for task_id, _ in sent] == ["demoapp.tasks.add", "demoapp.tasks.xsum"], seen
     assert all(seen[task_id]["state"] == "SUCCESS" and seen[task_id]["worker"] == f"feeds@{WORKER}" for task_id, _ in sent)
     assert set(flower_api("/api/workers?refresh=1")) == {f"feeds@{WORKER}", f"web@{WORKER}"}

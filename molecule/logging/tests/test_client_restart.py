@@ -9,8 +9,8 @@ in librelp's memory until the client notices the session is gone. They are
 sent again when the session comes back, but a restart before that discards
 them (rsyslog issues #2610 and #3820). So: at most one RELP window, and only
 the first lines of the outage."""
-import time
 
+from clusterlib import wait_until
 from logcheck import (RELP_WINDOW, SERVER, SPOOL, WORKER, first_occurrences, host, log_numbered, remote_text, rsyslog,
                       unique_tag, wait_for_numbers)
 
@@ -29,10 +29,8 @@ def test_lines_queued_before_a_client_restart_still_arrive():
         log_numbered(WORKER, tag, 1, BEFORE)
         # The restart must find the lines in the disk queue, or it proves nothing.
         last = f"{tag} seq {BEFORE}"
-        end = time.monotonic() + 30
-        while not in_disk_queue(WORKER, last) and time.monotonic() < end:
-            time.sleep(0.5)
-        assert in_disk_queue(WORKER, last), f"line {BEFORE} not in the disk queue with the server down"
+        assert wait_until(lambda: in_disk_queue(WORKER, last), 30, interval=0.5), \
+            f"line {BEFORE} not in the disk queue with the server down"
         rsyslog(WORKER, "restart")
         log_numbered(WORKER, tag, BEFORE + 1, BEFORE + AFTER)
     finally:

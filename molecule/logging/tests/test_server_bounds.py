@@ -23,10 +23,7 @@ def _files(source):
 
 
 def _wait_count(marker, path, expected, deadline=120):
-    end = time.monotonic() + deadline
-    while (got := count_on_server(marker, path)) < expected and time.monotonic() < end:
-        time.sleep(2)
-    return got
+    return wait_until(lambda: count_on_server(marker, path), deadline, done=lambda got: got >= expected)
 
 
 def test_thousands_of_program_names_make_one_more_file_and_lose_no_line():

@@ -1,6 +1,6 @@
 """What the cluster's programs log reaches the log server under their own
 program name: RabbitMQ, authentication, each Celery pool and beat."""
-from clusterlib import amqp_session, group, host
+from clusterlib import amqp_session, group, host, wait_until
 from logcheck import SERVER, WORKER, remote_text, wait_for_text
 
 
@@ -29,12 +29,7 @@ def test_each_celery_pool_logs_to_its_own_file():
         program = f"celery-worker-{pool}"
         before = remote_text(WORKER, program).count(" ready.")
         worker.check_output("systemctl restart %s", f"celery-worker@{pool}.service")
-        text = ""
-        for _ in range(45):
-            text = remote_text(WORKER, program)
-            if text.count(" ready.") > before:
-                break
-            worker.run("sleep 2")
+        text = wait_until(lambda: remote_text(WORKER, program), 90, done=lambda text: text.count(" ready.") > before)
         assert text.count(" ready.") > before, f"{program}.log did not get the pool's start-up line"
 
 
