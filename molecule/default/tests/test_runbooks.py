@@ -55,7 +55,7 @@ def test_status_runbook_reports_queues_workers_and_beat():
     assert amqp_session(WORKER, "celery_worker", [["declare", queue], ["publish", queue, 4, "s"]], BROKER)["ok"]
     try:
         # RabbitMQ refreshes queue statistics every 5 s: run it until they count the 4.
-        result = wait_until(lambda: run_playbook("playbooks/runbooks/status.yml"), 60, interval=3,
+        result = wait_until(lambda: run_playbook("playbooks/runbooks/status.yml"), 180, interval=3,
                             done=lambda run: run.returncode != 0 or f"{queue} 4 4 0" in run.stdout)
         assert result.returncode == 0, result.stdout[-3000:]
         assert f"{queue} 4 4 0" in result.stdout, result.stdout[-3000:]

@@ -559,7 +559,7 @@ def _concurrency_problems(where, value):
         return [f"{where}.concurrency={value!r}: Celery's --concurrency refuses it ({error.message})"]
     if number is configured:
         return [f"{where}.concurrency={value!r}: Celery reads it as the CPU count: a whole number, 1 or more"]
-    if not isinstance(number, int) or isinstance(value, bool):  # 'auto': the role sizes pools by number
+    if not isinstance(number, int) or isinstance(value, bool) or number < 1:  # 'auto': the role sizes pools by number
         return [f"{where}.concurrency={value!r}: a whole number, 1 or more"]
     return []
 
