@@ -4,10 +4,12 @@ import functools
 import json
 import os
 import re
+import shlex
 import socket
-import subprocess
+import tempfile
 import time
 
+import ansible_runner
 import testinfra
 import testinfra.utils.ansible_runner
 import yaml
@@ -145,26 +147,55 @@ def amqp_session(source, user, actions, target, *, secret=None, vhost=VHOST, por
     return json.loads(out.splitlines()[-1])
 
 
+class PlaybookRun:
+    """One ansible-playbook run: its exit status, its output as an operator
+    reads it (stderr included: ansible-runner gives one terminal stream) and
+    its recap as data (`stats`, ansible-runner's per-status host counts)."""
+
+    def __init__(self, returncode, stdout, stats):
+        self.returncode = returncode
+        self.stdout = stdout
+        self.stderr = ""
+        self.stats = stats or {}
+
+    def changed(self, name):
+        """The changed count of host `name`; the run must have succeeded and reached it."""
+        reached = set().union(*(self.stats.get(key, {}) for key in ("ok", "changed", "skipped", "failures", "dark")))
+        assert self.returncode == 0 and name in reached, self.stdout[-3000:]
+        return self.stats.get("changed", {}).get(name, 0)
+
+
 def run_playbook(playbook, *extra, inventory=None, secrets_file=None, env=None):
-    """Run one of the repository's playbooks against the scenario's hosts
-    (`env`: more environment for ansible-playbook)."""
+    """Run one of the repository's playbooks (a path, or a list of paths run
+    in one ansible-playbook run) against the scenario's hosts (`env`: more
+    environment for ansible-playbook). Through ansible-runner, so the recap
+    comes back as data, not as text to parse."""
     # The scenario's own extra vars (its admin address, say), as its converge got them.
     scenario = [f"--extra-vars={os.environ['CLUSTER_EXTRA_VARS']}"] if os.environ.get("CLUSTER_EXTRA_VARS") else []
-    cmd = ["ansible-playbook", "-i", inventory or INVENTORY,
-           f"--extra-vars=@{secrets_file or os.environ['CLUSTER_SECRETS']}", *scenario,
-           os.path.join(PROJECT, playbook), *extra]
+    args = ["-i", inventory or INVENTORY, f"--extra-vars=@{secrets_file or os.environ['CLUSTER_SECRETS']}",
+            *scenario, *extra]
+    paths = [playbook] if isinstance(playbook, str) else list(playbook)
+    paths = [os.path.join(PROJECT, path) for path in paths]
+    # Several playbooks in one run: one play list importing them, as
+    # `ansible-playbook a.yml b.yml` would run them.
+    target = paths[0] if len(paths) == 1 else [{"ansible.builtin.import_playbook": path} for path in paths]
     # ansible.cfg's strategy (Mitogen) unless CLUSTER_ANSIBLE_STRATEGY names another (linear).
-    environment = dict(os.environ, ANSIBLE_CONFIG=os.path.join(PROJECT, "ansible.cfg"), ANSIBLE_FORCE_COLOR="0", **(env or {}))
+    # ansible-runner turns host key checking off unless it is set: it stays
+    # on. Its output is a terminal's: no colours there.
+    environment = dict(ANSIBLE_CONFIG=os.path.join(PROJECT, "ansible.cfg"), ANSIBLE_NOCOLOR="1",
+                       ANSIBLE_HOST_KEY_CHECKING="True", **(env or {}))
     if os.environ.get("CLUSTER_ANSIBLE_STRATEGY"):
         environment["ANSIBLE_STRATEGY"] = os.environ["CLUSTER_ANSIBLE_STRATEGY"]
-    return subprocess.run(cmd, capture_output=True, text=True, env=environment, check=False, timeout=600)
+    with tempfile.TemporaryDirectory(prefix="run-playbook-") as private:
+        run = ansible_runner.run(private_data_dir=private, project_dir=os.path.abspath(PROJECT), playbook=target,
+                                 cmdline=" ".join(shlex.quote(arg) for arg in args), envvars=environment,
+                                 timeout=600, quiet=True, fact_cache_type="memory")
+        return PlaybookRun(run.rc if run.status != "timeout" else 124, run.stdout.read(), run.stats)
 
 
 def recap_changed(result, name):
     """The changed count of host `name` in a successful run_playbook result."""
-    found = re.search(rf"^{re.escape(name)}\s+:.* changed=(\d+)", result.stdout.split("PLAY RECAP")[-1], re.M)
-    assert result.returncode == 0 and found, result.stdout[-3000:]
-    return int(found.group(1))
+    return result.changed(name)
 
 
 # The celery role's handle: the celery command line and the venv's Python as
