@@ -183,13 +183,17 @@ def run_playbook(playbook, *extra, inventory=None, secrets_file=None, env=None):
     # ansible-runner turns host key checking off unless it is set: it stays
     # on. Its output is a terminal's: no colours there.
     environment = dict(ANSIBLE_CONFIG=os.path.join(PROJECT, "ansible.cfg"), ANSIBLE_NOCOLOR="1",
-                       ANSIBLE_HOST_KEY_CHECKING="True", **(env or {}))
+                       ANSIBLE_HOST_KEY_CHECKING=os.environ.get("ANSIBLE_HOST_KEY_CHECKING", "True"), **(env or {}))
     if os.environ.get("CLUSTER_ANSIBLE_STRATEGY"):
         environment["ANSIBLE_STRATEGY"] = os.environ["CLUSTER_ANSIBLE_STRATEGY"]
     with tempfile.TemporaryDirectory(prefix="run-playbook-") as private:
         run = ansible_runner.run(private_data_dir=private, project_dir=os.path.abspath(PROJECT), playbook=target,
                                  cmdline=" ".join(shlex.quote(arg) for arg in args), envvars=environment,
-                                 timeout=600, quiet=True, fact_cache_type="memory")
+                                 timeout=600, quiet=True, fact_cache_type="memory",
+                                 # Without a callback of its own, ansible-runner replaces the
+                                 # process's SIGINT and SIGTERM handlers for good: pytest could
+                                 # no longer be stopped between two runs.
+                                 cancel_callback=lambda: False)
         return PlaybookRun(run.rc if run.status != "timeout" else 124, run.stdout.read(), run.stats)
 
 
