@@ -51,8 +51,8 @@ def log(message):
     print(f"[bench {time.strftime('%H:%M:%S')}] {message}", flush=True)
 
 
-def run(argv, env=ENV, **kwargs):
-    return subprocess.run(argv, cwd=ROOT, env=env, text=True, capture_output=True, check=False, **kwargs)
+def run(argv, **kwargs):
+    return subprocess.run(argv, cwd=ROOT, env=ENV, text=True, capture_output=True, check=False, **kwargs)
 
 
 def must(argv, **kwargs):
@@ -62,9 +62,9 @@ def must(argv, **kwargs):
     return result.stdout
 
 
-def timed(argv, **kwargs):
+def timed(argv):
     start = time.monotonic()
-    out = must(argv, **kwargs)
+    out = must(argv)
     return time.monotonic() - start, out
 
 
@@ -92,8 +92,8 @@ def dexec(name, *argv, check=True, stdin=None):
     return result.stdout
 
 
-def playbook(path, *extra):
-    return ["ansible-playbook", "-i", str(INVENTORY), "-e", f"@{SECRETS}", str(ROOT / path), *extra]
+def playbook(path, *extra, inventory=INVENTORY):
+    return ["ansible-playbook", "-i", str(inventory), "-e", f"@{SECRETS}", str(ROOT / path), *extra]
 
 
 # The timed converges print their result as data: Ansible's json callback,
@@ -102,13 +102,56 @@ def playbook(path, *extra):
 AS_DATA = {"ANSIBLE_STDOUT_CALLBACK": "ansible.posix.json", "ANSIBLE_CALLBACKS_ENABLED": "ansible.posix.json"}
 
 
-def timed_converge():
-    """Seconds, changed tasks over every host, and tasks started (handlers
-    included) of one site.yml run."""
-    seconds, out = timed(playbook("playbooks/site.yml"), env=dict(ENV, **AS_DATA))
+def tree_pss_kib(root):
+    """Proportional set size (KiB) of a process and all its descendants: what
+    the controller's ansible-playbook, its forks and Mitogen's brokers hold
+    in memory, shared pages counted once."""
+    children = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat", encoding="utf-8") as handle:
+                    parent = int(handle.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(parent, []).append(int(entry))
+    total, todo = 0, [root]
+    while todo:
+        pid = todo.pop()
+        todo.extend(children.get(pid, []))
+        try:
+            with open(f"/proc/{pid}/smaps_rollup", encoding="utf-8") as handle:
+                total += sum(int(line.split()[1]) for line in handle if line.startswith("Pss:"))
+        except OSError:
+            pass
+    return total
+
+
+def timed_converge(inventory=INVENTORY):
+    """Seconds, changed tasks over every host, tasks started (handlers
+    included) and the controller's peak memory (MiB, PSS of the whole process
+    tree, sampled every 0.5 s) of one site.yml run."""
+    start = time.monotonic()
+    with subprocess.Popen(playbook("playbooks/site.yml", inventory=inventory), cwd=ROOT, env=dict(ENV, **AS_DATA),
+                          text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE) as process:
+        peak = [0]
+        done = threading.Event()
+
+        def sample():
+            while not done.wait(0.5):
+                peak[0] = max(peak[0], tree_pss_kib(process.pid))
+
+        sampler = threading.Thread(target=sample, daemon=True)
+        sampler.start()
+        out, err = process.communicate()
+        done.set()
+        sampler.join()
+    seconds = time.monotonic() - start
+    if process.returncode != 0:
+        sys.exit(f"bench: site.yml on {inventory} failed:\n{out[-3000:]}\n{err[-3000:]}")
     result = json.loads(out)
     changed = sum(stats["changed"] for stats in result["stats"].values())
-    return seconds, changed, sum(len(play["tasks"]) for play in result["plays"])
+    return seconds, changed, sum(len(play["tasks"]) for play in result["plays"]), round(peak[0] / 1024, 1)
 
 
 def percentile(values, fraction):
@@ -211,8 +254,10 @@ import json, sys, time
 from celery.result import ResultSet
 from celery_example.app import app
 n, families = int(sys.argv[1]), sys.argv[2].split(",")
+begin_at = float(sys.argv[3]) if len(sys.argv) > 3 else 0.0  # several producers begin together
 for i in range(30):  # warm the pools and the connections
     app.send_task(families[i % len(families)], [i]).get(timeout=120)
+time.sleep(max(0.0, begin_at - time.time()))
 sent = []
 start = time.time()
 with app.producer_or_acquire() as producer:
@@ -225,7 +270,8 @@ values = ResultSet([r for _, r in sent]).join_native(timeout=600)
 done = time.time()
 starts = [(t, v["started"]) for (t, _), v in zip(sent, values)]
 print(json.dumps({"n": n, "publish_s": published - start, "total_s": done - start,
-                  "run_s": max(s for _, s in starts) - start,
+                  "run_s": max(s for _, s in starts) - start, "start": start, "done": done,
+                  "last_started": max(s for _, s in starts),
                   "latency_s": [s - t for t, s in starts]}))
 """
 
@@ -317,6 +363,66 @@ def raw_rate(n):
     return {k: round(v, 1) if isinstance(v, float) else v for k, v in json.loads(out.splitlines()[-1]).items()}
 
 
+# --- capacity: several producers --------------------------------------------------
+
+def container_cpu_s():
+    """CPU seconds each managed host's container has used so far (its
+    cgroup's cpu.stat: the host's own processes, systemd's included)."""
+    out = {}
+    for name in MANAGED:
+        ident = must(["docker", "inspect", "--format", "{{.Id}}", container(name)]).strip()
+        for path in (f"/sys/fs/cgroup/system.slice/docker-{ident}.scope/cpu.stat",
+                     f"/sys/fs/cgroup/docker/{ident}/cpu.stat"):
+            if os.path.exists(path):
+                with open(path, encoding="utf-8") as handle:
+                    usage = next(int(line.split()[1]) for line in handle if line.startswith("usage_usec"))
+                out[name] = usage / 1e6
+                break
+    return out
+
+
+def capacity(label, n, producers):
+    """End-to-end rate of `producers` processes on the client host, each
+    publishing n / producers tasks and reading their results, all beginning
+    at the same instant; and the CPU seconds each host spent meanwhile."""
+    client = GROUPS["celery_clients"][0]
+    each = max(1, n // producers)
+    begin_at = time.time() + 15 + 5 * producers   # after every producer's warm-up
+    before = container_cpu_s()
+    with concurrent.futures.ThreadPoolExecutor(producers) as pool:
+        outs = list(pool.map(lambda _: dexec(client, *CELERY, THROUGHPUT, str(each), ",".join(FAMILIES),
+                                             str(begin_at)), range(producers)))
+    after = container_cpu_s()
+    runs = [json.loads(out.splitlines()[-1]) for out in outs]
+    start, done = min(r["start"] for r in runs), max(r["done"] for r in runs)
+    total = each * producers
+    cpu = {name: round(after[name] - before.get(name, after[name]), 1) for name in after}
+    result = {"serializer": label, "producers": producers, "tasks": total,
+              "tasks_per_s": round(total / (done - start), 1),
+              "started_per_s": round(total / (max(r["last_started"] for r in runs) - start), 1),
+              "latency_p50_ms": round(percentile([x for r in runs for x in r["latency_s"]], 0.5) * 1000, 1),
+              "latency_p99_ms": round(percentile([x for r in runs for x in r["latency_s"]], 0.99) * 1000, 1),
+              "seconds": round(done - start, 1), "cpu_s": cpu}
+    log(f"capacity {label} x{producers}: {result}")
+    return result
+
+
+def capacities(n, raw):
+    """1, 2 and 4 producers, signed (the deployed lab) and unsigned (json),
+    beside the broker's raw rate from the same host; the lab ends signed."""
+    rows = [capacity("auth", n, p) for p in (1, 2, 4)]
+    log("switching the cluster to the json serializer (no signing)")
+    must(playbook("playbooks/site.yml", "-e", json.dumps(JSON_VARS)))
+    rows += [capacity("json", n, p) for p in (1, 2, 4)]
+    found = {"runs": rows, "raw_amqp": raw_rate(raw)}
+    log("switching the cluster back to signing")
+    must(playbook("playbooks/site.yml"))
+    rate = {(r["serializer"], r["producers"]): r["tasks_per_s"] for r in rows}
+    found["scaling_4_over_1"] = {label: round(rate[(label, 4)] / rate[(label, 1)], 2) for label in ("auth", "json")}
+    found["signed_over_unsigned"] = {p: round(rate[("auth", p)] / rate[("json", p)], 2) for p in (1, 2, 4)}
+    return found
+
+
 # --- 4: beat ----------------------------------------------------------------------
 
 def beat_lateness(seconds):
@@ -336,6 +442,110 @@ def beat_lateness(seconds):
             "interval_drift_p50_s": round(percentile(drift, 0.5), 3) if drift else None,
             "lateness_p50_s": round(percentile(late, 0.5), 3) if late else None,
             "lateness_p99_s": round(percentile(late, 0.99), 3) if late else None}
+
+
+# --- fleet: cost against the number of worker hosts --------------------------------
+
+# An extra worker host: one small pool on the media queue, its container on
+# the lab network after the lab's own hosts.
+FLEET_POOL = [{"name": "media", "queues": ["media"], "concurrency": 1}]
+
+
+def fleet_inventory(workers, into):
+    """The lab inventory with `workers` worker hosts in all (the lab has 2):
+    hosts.yml rewritten in `into`, beside a link to the lab's group_vars."""
+    import yaml
+    data = yaml.safe_load((INVENTORY / "hosts.yml").read_text())
+    pools = data["all"]["children"]["celery"]["children"]["celery_workers"]["hosts"]
+    subnet = data["all"]["vars"]["lab_network_subnet"].rsplit(".", 1)[0]
+    for n in range(len(pools) + 1, workers + 1):
+        pools[f"worker{n}"] = {"ansible_host": f"celery-lab-worker{n}", "lab_address": f"{subnet}.{40 + n}",
+                               "celery_worker_pools": FLEET_POOL}
+    into.mkdir(parents=True, exist_ok=True)
+    (into / "hosts.yml").write_text(yaml.safe_dump(data, sort_keys=False))
+    if not (into / "group_vars").exists():
+        (into / "group_vars").symlink_to(INVENTORY / "group_vars")
+    return into
+
+
+def fit(points):
+    """Least-squares slope and intercept of (x, y) points."""
+    n = len(points)
+    mean_x = sum(x for x, _ in points) / n
+    mean_y = sum(y for _, y in points) / n
+    slope = (sum((x - mean_x) * (y - mean_y) for x, y in points)
+             / (sum((x - mean_x) ** 2 for x, _ in points) or 1))
+    return slope, mean_y - slope * mean_x
+
+
+def fleet(sizes):
+    """For each number of worker hosts: fresh containers for the whole lab,
+    a converge from scratch and one with nothing to change, each with the
+    controller's peak memory. Ends with the extra hosts removed and the
+    lab's own inventory converged (allowlists without them)."""
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="bench-fleet-") as tmp:
+        for workers in sizes:
+            inventory = fleet_inventory(workers, Path(tmp) / f"workers-{workers}")
+            log(f"fleet: {workers} worker hosts, fresh containers")
+            must(["ansible-playbook", "-i", str(inventory), str(ROOT / "playbooks/lab/destroy.yml")])
+            must(["ansible-playbook", "-i", str(inventory), "-e", f"@{SECRETS}", str(ROOT / "playbooks/lab/up.yml")])
+            fresh_s, fresh_changed, _, fresh_mib = timed_converge(inventory)
+            nochange_s, nochange_changed, tasks, nochange_mib = timed_converge(inventory)
+            hosts = len([line for line in (inventory / "hosts.yml").read_text().splitlines()
+                         if line.strip().startswith("ansible_host:")]) - 1    # the outsider is not managed
+            row = {"worker_hosts": workers, "managed_hosts": hosts, "fresh_s": round(fresh_s, 1),
+                   "fresh_changed": fresh_changed, "fresh_controller_mib": fresh_mib,
+                   "no_change_s": round(nochange_s, 1), "no_change_changed": nochange_changed,
+                   "no_change_tasks": tasks, "no_change_controller_mib": nochange_mib}
+            log(f"  {row}")
+            rows.append(row)
+        largest = fleet_inventory(max(sizes), Path(tmp) / "largest")
+        log("fleet: removing the extra worker hosts, converging the lab's own inventory")
+        must(["ansible-playbook", "-i", str(largest), str(ROOT / "playbooks/lab/destroy.yml")])
+        must(["make", "--no-print-directory", "lab-up"])
+        timed_converge()
+    per_worker = {key: round(fit([(r["worker_hosts"], r[key]) for r in rows])[0], 2)
+                  for key in ("fresh_s", "no_change_s", "fresh_controller_mib", "no_change_controller_mib")}
+    return {"sizes": rows, "per_added_worker_host": per_worker}
+
+
+def fleet_projection(result, workers=45):
+    """What the linear fit gives for `workers` worker hosts (50 hosts with
+    the lab's five others)."""
+    out = {}
+    for key in ("fresh_s", "no_change_s", "fresh_controller_mib", "no_change_controller_mib"):
+        slope, intercept = fit([(r["worker_hosts"], r[key]) for r in result["sizes"]])
+        out[key] = round(slope * workers + intercept, 1)
+    return out
+
+
+def fleet_chart(result, path):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    rows = result["sizes"]
+    x = [r["worker_hosts"] for r in rows]
+    fig, (seconds, memory) = plt.subplots(1, 2, figsize=(11, 4))
+    for key, label, colour in (("fresh_s", "converge from fresh containers", "#3b7dd8"),
+                               ("no_change_s", "converge with nothing to change", "#5cb85c")):
+        seconds.plot(x, [r[key] for r in rows], marker="o", color=colour,
+                     label=f"{label} (+{result['per_added_worker_host'][key]} s per worker host)")
+    seconds.set_xlabel("worker hosts (5 other hosts)")
+    seconds.set_ylabel("seconds")
+    seconds.set_ylim(bottom=0)
+    seconds.legend(fontsize=8)
+    seconds.set_title("site.yml against the fleet size")
+    for key, label, colour in (("fresh_controller_mib", "fresh", "#3b7dd8"),
+                               ("no_change_controller_mib", "nothing to change", "#5cb85c")):
+        memory.plot(x, [r[key] for r in rows], marker="o", color=colour, label=label)
+    memory.set_xlabel("worker hosts (5 other hosts)")
+    memory.set_ylabel("MiB (PSS of ansible-playbook and its children)")
+    memory.set_ylim(bottom=0)
+    memory.legend(fontsize=8)
+    memory.set_title("Controller's peak memory")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
 
 
 # --- report -------------------------------------------------------------------------
@@ -406,9 +616,42 @@ def main():
     parser.add_argument("--reuse-lab", action="store_true",
                         help="measure on the deployed lab: skip the fresh converges and the package floor "
                              "(their figures are kept from the previous bench/results.json, with their date)")
+    parser.add_argument("--fleet", metavar="SIZES",
+                        help="only the fleet figures: converge cost with this many worker hosts, e.g. 2,4,8 "
+                             "(kept in bench/results.json beside the other figures)")
+    parser.add_argument("--capacity", action="store_true",
+                        help="only the capacity figures, on the deployed lab: 1, 2 and 4 producers, signed and "
+                             "unsigned, --tasks tasks each (kept in bench/results.json beside the other figures)")
     args = parser.parse_args()
     began = time.monotonic()
     OUT.mkdir(exist_ok=True)
+    if args.capacity:
+        results = json.loads((OUT / "results.json").read_text())
+        found = capacities(args.tasks, args.raw)
+        found.update({"date": datetime.date.today().isoformat(),
+                      "command": f"make bench BENCH_ARGS='--capacity --tasks {args.tasks} --raw {args.raw}'",
+                      "bench_s": round(time.monotonic() - began)})
+        results["capacity"] = found
+        (OUT / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+        print(json.dumps(found, indent=2))
+        log(f"written: {OUT / 'results.json'} (capacity)")
+        return
+    if args.fleet:
+        sizes = sorted({int(n) for n in args.fleet.split(",")})
+        if len(sizes) < 2 or sizes[0] < 2 or sizes[-1] > 10:
+            sys.exit("bench: --fleet takes at least two sizes, from 2 (the lab's own worker hosts) "
+                     "to 10 (addresses .43 to .50)")
+        results = json.loads((OUT / "results.json").read_text())
+        found = fleet(sizes)
+        found.update({"date": datetime.date.today().isoformat(), "projection_45_workers": fleet_projection(found),
+                      "command": f"make bench BENCH_ARGS='--fleet {args.fleet}'",
+                      "bench_s": round(time.monotonic() - began)})
+        results["fleet"] = found
+        (OUT / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+        fleet_chart(found, OUT / "fleet.png")
+        print(json.dumps(found, indent=2))
+        log(f"written: {OUT / 'results.json'} (fleet), {OUT / 'fleet.png'}")
+        return
     results = {"date": datetime.date.today().isoformat(),
                "machine": f"{platform.node() or 'controller'}: {os.cpu_count()} cores, "
                           f"{round(os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30)} GiB, "
@@ -427,14 +670,15 @@ def main():
     else:
         fresh_lab()
         log("converge of the whole lab from fresh containers")
-        results["converge_fresh_s"], changed, _ = timed_converge()
+        results["converge_fresh_s"], changed, _, _ = timed_converge()
         log(f"  {results['converge_fresh_s']:.1f} s, changed={changed}")
         packages = installed_packages()
         results["packages"] = {name: {"apt": len(p["apt"]), "pip": sum(len(v) for v in p["pip"].values())}
                                for name, p in packages.items()}
 
     log("second converge")
-    results["second_converge_s"], results["second_converge_changed"], results["second_converge_tasks"] = timed_converge()
+    (results["second_converge_s"], results["second_converge_changed"], results["second_converge_tasks"],
+     results["second_converge_controller_mib"]) = timed_converge()
     log(f"  {results['second_converge_s']:.1f} s, changed={results['second_converge_changed']}, "
         f"{results['second_converge_tasks']} tasks")
     results["engine_s_per_task"] = round(engine_floor(), 3)
@@ -463,12 +707,16 @@ def main():
         results["floor_per_host_s"] = {k: round(v, 1) for k, v in results["floor_per_host_s"].items()}
         fresh_lab()
         log("converge of the whole lab from fresh containers, second sample (leaves the lab deployed)")
-        again, _, _ = timed_converge()
+        again, _, _, _ = timed_converge()
         results["converge_fresh_samples_s"] = [round(results["converge_fresh_s"], 1), round(again, 1)]
         results["converge_fresh_s"] = min(results["converge_fresh_s"], again)
         results["converge_floor_ratio"] = round(results["converge_fresh_s"] / results["floor_s"], 2)
     results["targets"] = TARGETS
     results["bench_s"] = time.monotonic() - began
+    # The figures of --fleet and --capacity runs stay, with their own dates.
+    if (OUT / "results.json").exists():
+        previous = json.loads((OUT / "results.json").read_text())
+        results.update({key: previous[key] for key in ("fleet", "capacity") if key in previous})
 
     (OUT / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     (OUT / "results.md").write_text(markdown(results))
