@@ -371,12 +371,14 @@ def container_cpu_s():
     out = {}
     for name in MANAGED:
         ident = must(["docker", "inspect", "--format", "{{.Id}}", container(name)]).strip()
+        # cgroup v2 (systemd or cgroupfs driver), else v1's cpuacct (ns).
         for path in (f"/sys/fs/cgroup/system.slice/docker-{ident}.scope/cpu.stat",
-                     f"/sys/fs/cgroup/docker/{ident}/cpu.stat"):
+                     f"/sys/fs/cgroup/docker/{ident}/cpu.stat", f"/sys/fs/cgroup/cpuacct/docker/{ident}/cpuacct.usage"):
             if os.path.exists(path):
                 with open(path, encoding="utf-8") as handle:
-                    usage = next(int(line.split()[1]) for line in handle if line.startswith("usage_usec"))
-                out[name] = usage / 1e6
+                    text = handle.read()
+                out[name] = (int(text) / 1e9 if path.endswith("cpuacct.usage") else
+                             next(int(line.split()[1]) for line in text.splitlines() if line.startswith("usage_usec")) / 1e6)
                 break
     return out
 
