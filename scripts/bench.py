@@ -58,7 +58,12 @@ def run(argv, **kwargs):
 def must(argv, **kwargs):
     result = run(argv, **kwargs)
     if result.returncode != 0:
-        sys.exit(f"bench: {' '.join(map(str, argv))} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
+        # The failure itself first: an Ansible run's tail is its profile and recap.
+        lines = result.stdout.splitlines()
+        failed = [f"{lines[i - 1]}\n" + "\n".join(lines[i:i + 12]) for i, line in enumerate(lines)
+                  if line.startswith(("fatal:", "failed:")) and i > 0]
+        sys.exit(f"bench: {' '.join(map(str, argv))} failed:\n" + "\n".join(failed[:5])
+                 + f"\n...\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
     return result.stdout
 
 
