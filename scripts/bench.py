@@ -744,10 +744,10 @@ def main():
         results["converge_floor_ratio"] = round(results["converge_fresh_s"] / results["floor_s"], 2)
     results["targets"] = TARGETS
     results["bench_s"] = time.monotonic() - began
-    # The figures of --fleet and --capacity runs stay, with their own dates.
+    # The figures of --fleet and --capacity runs and the no-change converge measured by hand stay, with their dates.
     if (OUT / "results.json").exists():
         previous = json.loads((OUT / "results.json").read_text())
-        results.update({key: previous[key] for key in ("fleet", "capacity") if key in previous})
+        results.update({key: previous[key] for key in ("fleet", "capacity", "no_change_converge") if key in previous})
 
     (OUT / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     (OUT / "results.md").write_text(markdown(results))
