@@ -216,3 +216,14 @@ def test_a_pool_that_fails_at_start_fails_the_run_naming_it_with_its_journal():
     assert good.returncode == 0, good.stdout[-3000:]
     for unit in units:
         assert host(worker).service(unit).is_running, unit
+
+
+# The packages role reads the installed packages once per run and calls apt
+# only for a missing one: a package removed by hand must still come back.
+def test_a_package_removed_by_hand_is_installed_again_by_the_next_run():
+    client = host(CLIENT)
+    client.check_output("DEBIAN_FRONTEND=noninteractive apt-get remove -y -q python3-pip")
+    assert not client.package("python3-pip").is_installed
+    result = run_playbook("playbooks/celery.yml", "--limit", CLIENT)
+    assert result.changed(CLIENT) > 0
+    assert client.package("python3-pip").is_installed

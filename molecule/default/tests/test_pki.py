@@ -100,3 +100,19 @@ def test_a_request_asking_for_more_is_refused_by_the_controller(intruder, overri
 def test_the_ca_cannot_make_another_ca():
     text = host(CLIENT).check_output("openssl x509 -in %s/ca.crt -noout -ext basicConstraints", PKI)
     assert "CA:TRUE, pathlen:0" in text, text
+
+
+# A run with nothing to change trusts the controller's record of what it
+# issued (pki_ca_dir/issued/) and skips the issue path; these are the
+# changes by hand that record must not hide.
+def test_a_loosened_key_and_a_deleted_certificate_are_repaired_by_the_next_run():
+    name = group("celery_workers")[0]
+    target = host(name)
+    target.check_output("chmod 0644 %s/syslog.key && rm %s/syslog.crt", PKI, PKI)
+    repair = run_playbook("playbooks/services/logging.yml", "--limit", name)
+    assert repair.changed(name) > 0
+    assert target.file(f"{PKI}/syslog.key").mode == 0o600
+    assert target.file(f"{PKI}/syslog.crt").exists
+    target.check_output("openssl verify -CAfile %s/ca.crt %s/syslog.crt", PKI, PKI)
+    again = run_playbook("playbooks/services/logging.yml", "--limit", name)
+    assert again.changed(name) == 0, again.stdout[-3000:]
