@@ -37,11 +37,18 @@ def no_beat(data):
     inventory_groups(data)["celery_beat"]["hosts"] = {}
 
 
+def flower_on_a_worker(data):
+    flower_hosts = inventory_groups(data)["flower"]["hosts"]
+    flower_hosts[group("celery_workers")[0]] = {"ansible_connection": "community.docker.docker"}
+
+
 @pytest.mark.parametrize("edit, message", [
     (two_beats, "must hold exactly one host, it holds 2"),
     (no_beat, "must hold exactly one host, it holds 0"),
+    # Flower's broker user would be the pools' too: they would never start.
+    (flower_on_a_worker, f"{group('celery_workers')[0]} is in flower and in celery_workers"),
 ])
-def test_beat_group_size_is_refused_before_any_change(edit, message):
+def test_a_bad_layout_of_the_celery_groups_is_refused_before_any_change(edit, message):
     before = fingerprint()
     inventory = variant(edit.__name__, edit)
     try:
