@@ -200,3 +200,17 @@ def test_a_worker_removed_from_the_inventory_can_no_longer_reach_the_broker():
         restored = run_playbook("playbooks/broker.yml")
     assert restored.returncode == 0, restored.stdout[-3000:]
     assert tcp_open(worker, BROKER, 5671)[0]
+
+
+@pytest.mark.parametrize("overrides, words", [
+    ({"rabbitmq_firewall_rules": [{"name": "amqp", "ports": [70000], "from_groups": ["celery"]}]},
+     "firewall service 'rabbitmq': rule 'amqp' has port '70000'"),
+    ({"firewall_admin_cidrs": ["10.0.0.1/8"]}, "firewall_admin_cidrs: '10.0.0.1/8' is not a valid"),
+], ids=["port-out-of-range", "admin-cidr-with-host-bits"])
+def test_firewall_playbook_alone_still_refuses_bad_input_before_any_change(overrides, words):
+    # Without the preflight play, the firewall role's own checks (which skip
+    # what already passed in the same run) are all that stands in the way.
+    result = run_playbook("playbooks/firewall.yml", "-e", json.dumps(overrides))
+    assert result.returncode != 0
+    assert words in " ".join(result.stdout.split()), result.stdout[-3000:]
+    assert not any(result.stats.get("changed", {}).values()), result.stdout[-3000:]
