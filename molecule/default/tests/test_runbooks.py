@@ -14,6 +14,7 @@ BROKER = group("rabbitmq")[0]
 WORKER = group("celery_workers")[0]
 BEAT = group("celery_beat")[0]
 NEW_BEAT = group("celery_clients")[0]
+BEAT_ON_WORKER = group("celery_workers")[-1]
 CLIENT = group("celery_clients")[0]
 MONITOR = group("flower")[0]
 
@@ -239,23 +240,36 @@ print(json.dumps(out))
     assert active_queues() == expected_queues()
 
 
-def _moved_inventory():
+def _moved_inventory(new_beat=NEW_BEAT):
+    """An inventory with beat on new_beat. A client leaves celery_clients and
+    the old beat host leaves the Celery groups (it stays in the inventory); a
+    worker host stays a worker, a host in both groups, and the old beat host
+    becomes a client (a layout site.yml runs)."""
     with open(INVENTORY, encoding="utf-8") as handle:
         data = yaml.safe_load(handle)
     groups = inventory_groups(data)
     all_hosts = data.setdefault("all", {}).setdefault("hosts", {}) or {}
     data["all"]["hosts"] = all_hosts
     keep = all_hosts.get(BEAT) or groups["celery_beat"]["hosts"][BEAT] or {}
-    groups["celery_beat"]["hosts"] = {NEW_BEAT: groups["celery_clients"]["hosts"].pop(NEW_BEAT)}
-    # The old beat host leaves the Celery groups but stays in the inventory.
+    from_clients = new_beat in (groups["celery_clients"]["hosts"] or {})
+    groups["celery_beat"]["hosts"] = {new_beat: groups["celery_clients"]["hosts"].pop(new_beat) if from_clients else None}
     for name, group_data in groups.items():
-        if name != "all":
+        if name != "all" and (from_clients or name != "celery"):
             (group_data.get("hosts") or {}).pop(BEAT, None)
     all_hosts[BEAT] = keep
+    if not from_clients:
+        groups["celery_clients"]["hosts"][BEAT] = None
     path = os.path.join(os.path.dirname(INVENTORY), "variant-moved-beat.yml")
     with open(path, "w", encoding="utf-8") as handle:
         yaml.safe_dump(data, handle)
     return path
+
+
+def _celery_pids(name):
+    """unit -> main PID of beat and of every pool on a host."""
+    out = host(name).check_output("systemctl show --property Id,MainPID 'celery-beat.service' 'celery-worker@*.service'")
+    units = [dict(line.split("=", 1) for line in block.splitlines()) for block in out.strip().split("\n\n")]
+    return {unit["Id"]: unit["MainPID"] for unit in units}
 
 
 def _beat_events(name, since):
@@ -280,29 +294,42 @@ def _active(name):
 
 
 def test_move_beat_runbook_never_runs_two_beats_nor_fires_twice():
-    moved = _moved_inventory()
+    """Beat moves to a worker host, which stays a worker: then a Celery
+    change restarts its pools and its beat too."""
+    new = BEAT_ON_WORKER
+    moved = _moved_inventory(new)
     since = time.time()
     minute_start = since // 60 * 60   # an entry sent earlier in this minute must not fire again
     try:
         result = run_playbook("playbooks/runbooks/move-beat.yml", inventory=moved)
         assert result.returncode == 0, result.stdout[-3000:]
-        assert _active(NEW_BEAT) and not _active(BEAT)
-        old, new = _beat_events(BEAT, since), _beat_events(NEW_BEAT, since)
+        assert _active(new) and not _active(BEAT)
+        old, moved_to = _beat_events(BEAT, since), _beat_events(new, since)
         stopped = max(t for t, kind in old if kind == "stop")
-        started = min(t for t, kind in new if kind == "start")
+        started = min(t for t, kind in moved_to if kind == "start")
         assert stopped <= started, "the new beat started before the old one stopped"
         # Until the new beat fired its once-a-minute entry: a minute the old
         # one fired already and the new one fires again shows up below.
-        assert wait_until(lambda: [t for t, kind in _beat_events(NEW_BEAT, since) if kind == "minute"], 90, 3), \
+        assert wait_until(lambda: [t for t, kind in _beat_events(new, since) if kind == "minute"], 90, 3), \
             "the new beat never fired its once-a-minute entry"
-        minutes = [int(t // 60) for t, kind in _beat_events(BEAT, minute_start) + _beat_events(NEW_BEAT, minute_start)
+        minutes = [int(t // 60) for t, kind in _beat_events(BEAT, minute_start) + _beat_events(new, minute_start)
                    if kind == "minute"]
         assert len(minutes) == len(set(minutes)), "an entry fired twice for one period"
+        # A setting of the Celery configuration module, which pools and beat read.
+        before = _celery_pids(new)
+        changed = run_playbook("playbooks/celery.yml", "--limit", new, "--extra-vars",
+                               json.dumps({"celery_task_track_started": True}), inventory=moved)
+        assert changed.returncode == 0, changed.stdout[-3000:]
+        after = _celery_pids(new)
+        assert set(before) == set(after) and "celery-beat.service" in before and len(before) > 1, (before, after)
+        assert not [unit for unit in before if after[unit] in (before[unit], "0")], (before, after)
     finally:
         os.remove(moved)
         back = run_playbook("playbooks/runbooks/move-beat.yml")
+        restored = run_playbook("playbooks/celery.yml", "--limit", new)
     assert back.returncode == 0, back.stdout[-3000:]
-    assert _active(BEAT) and not _active(NEW_BEAT)
+    assert restored.returncode == 0, restored.stdout[-3000:]
+    assert _active(BEAT) and not _active(new)
 
 
 # A schedule state file whose entries run a command when unpickled: what a
