@@ -42,11 +42,19 @@ def flower_on_a_worker(data):
     flower_hosts[group("celery_workers")[0]] = {"ansible_connection": "community.docker.docker"}
 
 
+def client_with_another_application(data):
+    clients = inventory_groups(data)["celery_clients"]["hosts"]
+    name = group("celery_clients")[0]
+    clients[name] = dict(clients[name] or {}, celery_app_module="another_app")
+
+
 @pytest.mark.parametrize("edit, message", [
     (two_beats, "must hold exactly one host, it holds 2"),
     (no_beat, "must hold exactly one host, it holds 0"),
     # Flower's broker user would be the pools' too: they would never start.
     (flower_on_a_worker, f"{group('celery_workers')[0]} is in flower and in celery_workers"),
+    # The play of workers, beat and clients prepares one application, once.
+    (client_with_another_application, f'{group("celery_clients")[0]} with celery_app_module="another_app"'),
 ])
 def test_a_bad_layout_of_the_celery_groups_is_refused_before_any_change(edit, message):
     before = fingerprint()
@@ -58,6 +66,28 @@ def test_a_bad_layout_of_the_celery_groups_is_refused_before_any_change(edit, me
     assert result.returncode != 0
     assert message in " ".join(result.stdout.split()), result.stdout[-2000:]
     refused_before_any_play(result)
+    assert fingerprint() == before
+
+
+# celery.yml and monitoring.yml run alone (no preflight play) refuse the
+# same layouts in their first play: two beats would otherwise start from
+# celery.yml, and monitoring.yml would open Flower's port on a worker.
+@pytest.mark.parametrize("playbook, edit, message", [
+    ("playbooks/celery.yml", two_beats, "must hold exactly one host, it holds 2"),
+    ("playbooks/monitoring.yml", flower_on_a_worker, f"{group('celery_workers')[0]} is in flower and in celery_workers"),
+])
+def test_celery_and_monitoring_playbooks_alone_refuse_a_bad_layout_before_any_change(playbook, edit, message):
+    before = fingerprint()
+    inventory = variant(edit.__name__, edit)
+    try:
+        result = run_playbook(playbook, inventory=inventory)
+    finally:
+        os.remove(inventory)
+    assert result.returncode != 0
+    assert message in " ".join(result.stdout.split()), result.stdout[-2000:]
+    plays = re.findall(r"^PLAY \[(.*?)\]", result.stdout, re.MULTILINE)
+    assert plays == ["Check the layout of the Celery groups before any change"], plays
+    assert not any(result.stats.get("changed", {}).values()), result.stdout[-2000:]
     assert fingerprint() == before
 
 

@@ -45,6 +45,25 @@ def celery_tree_digest(path, exclude=(), length=16):
     return digest.hexdigest()[:int(length)]
 
 
+def celery_runtime_variants(hosts, hostvars, keys):
+    """The distinct values the settings `keys` take over `hosts`, in order of
+    first appearance: a list of {"hosts": [...], "values": {key: value}}, one
+    entry when every host agrees. A key a host does not set is None there
+    (the role's default, the same for all). Written by hand: no filter groups
+    hosts by several of their variables at once."""
+    variants = []
+    for host in hosts:
+        own = hostvars[host]
+        values = {key: (own[key] if key in own else None) for key in keys}
+        for variant in variants:
+            if variant["values"] == values:
+                variant["hosts"].append(host)
+                break
+        else:
+            variants.append({"hosts": [host], "values": values})
+    return variants
+
+
 class FilterModule:
     def filters(self):
-        return {"celery_tree_digest": celery_tree_digest}
+        return {"celery_tree_digest": celery_tree_digest, "celery_runtime_variants": celery_runtime_variants}
