@@ -25,6 +25,7 @@ import json
 import os
 import platform
 import re
+import resource
 import subprocess
 import sys
 import threading
@@ -159,9 +160,14 @@ def tree_pss_kib(root):
 
 
 def timed_converge(inventory=INVENTORY):
-    """Seconds, changed tasks over every host, tasks started (handlers
-    included) and the controller's peak memory (MiB, PSS of the whole process
-    tree, sampled every 0.5 s) of one site.yml run."""
+    """One site.yml run: seconds, changed tasks over every host, tasks started
+    (handlers included), the controller's peak memory (MiB, PSS of the whole
+    process tree, sampled every 0.5 s), and where the CPU went: the
+    controller's (ansible-playbook and every process it started, user and
+    system) and the lab's containers' (every host's own work), in seconds."""
+    containers = lab_containers()
+    hosts_before = container_cpu_s(containers)
+    children_before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.monotonic()
     with subprocess.Popen(playbook("playbooks/site.yml", inventory=inventory), cwd=ROOT, env=dict(ENV, **AS_DATA),
                           text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE) as process:
@@ -178,11 +184,20 @@ def timed_converge(inventory=INVENTORY):
         done.set()
         sampler.join()
     seconds = time.monotonic() - start
+    children_after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    hosts_after = container_cpu_s(containers)
     if process.returncode != 0:
         sys.exit(f"bench: site.yml on {inventory} failed:\n{out[-3000:]}\n{err[-3000:]}")
     result = json.loads(out)
     changed = sum(stats["changed"] for stats in result["stats"].values())
-    return seconds, changed, sum(len(play["tasks"]) for play in result["plays"]), round(peak[0] / 1024, 1)
+    # ansible-playbook is this process's only child while it runs (the
+    # sampler reads /proc, it starts nothing), so the difference is its tree's.
+    controller_cpu = sum(getattr(children_after, field) - getattr(children_before, field)
+                         for field in ("ru_utime", "ru_stime"))
+    hosts_cpu = sum(hosts_after[name] - hosts_before.get(name, 0) for name in hosts_after)
+    return {"s": seconds, "changed": changed, "tasks": sum(len(play["tasks"]) for play in result["plays"]),
+            "controller_mib": round(peak[0] / 1024, 1), "controller_cpu_s": round(controller_cpu, 1),
+            "hosts_cpu_s": round(hosts_cpu, 1)}
 
 
 def percentile(values, fraction):
@@ -396,22 +411,32 @@ def raw_rate(n):
 
 # --- capacity: several producers --------------------------------------------------
 
-def container_cpu_s():
-    """CPU seconds each managed host's container has used so far (its
-    cgroup's cpu.stat: the host's own processes, systemd's included)."""
+def container_cpu_s(containers=None):
+    """CPU seconds each container has used so far (its cgroup's cpu.stat: the
+    host's own processes, systemd's included): the managed hosts' by
+    default, keyed by host name, else the named containers'."""
+    names = containers or [container(name) for name in MANAGED]
     out = {}
-    for name in MANAGED:
-        ident = must(["docker", "inspect", "--format", "{{.Id}}", container(name)]).strip()
+    for ident_name in names:
+        ident = must(["docker", "inspect", "--format", "{{.Id}}", ident_name]).strip()
         # cgroup v2 (systemd or cgroupfs driver), else v1's cpuacct (ns).
         for path in (f"/sys/fs/cgroup/system.slice/docker-{ident}.scope/cpu.stat",
                      f"/sys/fs/cgroup/docker/{ident}/cpu.stat", f"/sys/fs/cgroup/cpuacct/docker/{ident}/cpuacct.usage"):
             if os.path.exists(path):
                 with open(path, encoding="utf-8") as handle:
                     text = handle.read()
-                out[name] = (int(text) / 1e9 if path.endswith("cpuacct.usage") else
-                             next(int(line.split()[1]) for line in text.splitlines() if line.startswith("usage_usec")) / 1e6)
+                out[ident_name] = (int(text) / 1e9 if path.endswith("cpuacct.usage") else
+                                   next(int(line.split()[1]) for line in text.splitlines()
+                                        if line.startswith("usage_usec")) / 1e6)
                 break
+    if containers is None:
+        return {name: out[container(name)] for name in MANAGED if container(name) in out}
     return out
+
+
+def lab_containers():
+    """The names of every running container of the lab (fleet hosts included)."""
+    return must(["docker", "ps", "--filter", "name=^celery-lab-", "--format", "{{.Names}}"]).split()
 
 
 def capacity(label, n, producers):
@@ -500,6 +525,11 @@ def fleet_inventory(workers, into):
     return into
 
 
+# The figures of each fleet size that get a slope per added worker host.
+FLEET_FIGURES = ("fresh_s", "no_change_s", "fresh_controller_mib", "no_change_controller_mib",
+                 "fresh_controller_cpu_s", "no_change_controller_cpu_s", "fresh_hosts_cpu_s", "no_change_hosts_cpu_s")
+
+
 def fit(points):
     """Least-squares slope and intercept of (x, y) points."""
     n = len(points)
@@ -522,14 +552,17 @@ def fleet(sizes):
             log(f"fleet: {workers} worker hosts, fresh containers")
             must(["ansible-playbook", "-i", str(inventory), str(ROOT / "playbooks/lab/destroy.yml")])
             must(["ansible-playbook", "-i", str(inventory), "-e", f"@{SECRETS}", str(ROOT / "playbooks/lab/up.yml")])
-            fresh_s, fresh_changed, _, fresh_mib = timed_converge(inventory)
-            nochange_s, nochange_changed, tasks, nochange_mib = timed_converge(inventory)
+            fresh = timed_converge(inventory)
+            nochange = timed_converge(inventory)
             hosts = len([line for line in (inventory / "hosts.yml").read_text().splitlines()
                          if line.strip().startswith("ansible_host:")]) - 1    # the outsider is not managed
-            row = {"worker_hosts": workers, "managed_hosts": hosts, "fresh_s": round(fresh_s, 1),
-                   "fresh_changed": fresh_changed, "fresh_controller_mib": fresh_mib,
-                   "no_change_s": round(nochange_s, 1), "no_change_changed": nochange_changed,
-                   "no_change_tasks": tasks, "no_change_controller_mib": nochange_mib}
+            row = {"worker_hosts": workers, "managed_hosts": hosts, "fresh_s": round(fresh["s"], 1),
+                   "fresh_changed": fresh["changed"], "fresh_controller_mib": fresh["controller_mib"],
+                   "fresh_controller_cpu_s": fresh["controller_cpu_s"], "fresh_hosts_cpu_s": fresh["hosts_cpu_s"],
+                   "no_change_s": round(nochange["s"], 1), "no_change_changed": nochange["changed"],
+                   "no_change_tasks": nochange["tasks"], "no_change_controller_mib": nochange["controller_mib"],
+                   "no_change_controller_cpu_s": nochange["controller_cpu_s"],
+                   "no_change_hosts_cpu_s": nochange["hosts_cpu_s"]}
             log(f"  {row}")
             rows.append(row)
         largest = fleet_inventory(max(sizes), Path(tmp) / "largest")
@@ -537,8 +570,7 @@ def fleet(sizes):
         must(["ansible-playbook", "-i", str(largest), str(ROOT / "playbooks/lab/destroy.yml")])
         must(["make", "--no-print-directory", "lab-up"])
         timed_converge()
-    per_worker = {key: round(fit([(r["worker_hosts"], r[key]) for r in rows])[0], 2)
-                  for key in ("fresh_s", "no_change_s", "fresh_controller_mib", "no_change_controller_mib")}
+    per_worker = {key: round(fit([(r["worker_hosts"], r[key]) for r in rows])[0], 2) for key in FLEET_FIGURES}
     return {"sizes": rows, "per_added_worker_host": per_worker}
 
 
@@ -546,7 +578,7 @@ def fleet_projection(result, workers=45):
     """What the linear fit gives for `workers` worker hosts (50 hosts with
     the lab's five others)."""
     out = {}
-    for key in ("fresh_s", "no_change_s", "fresh_controller_mib", "no_change_controller_mib"):
+    for key in FLEET_FIGURES:
         slope, intercept = fit([(r["worker_hosts"], r[key]) for r in result["sizes"]])
         out[key] = round(slope * workers + intercept, 1)
     return out
@@ -558,7 +590,7 @@ def fleet_chart(result, path):
     import matplotlib.pyplot as plt
     rows = result["sizes"]
     x = [r["worker_hosts"] for r in rows]
-    fig, (seconds, memory) = plt.subplots(1, 2, figsize=(11, 4))
+    fig, (seconds, memory, cpu) = plt.subplots(1, 3, figsize=(16, 4))
     for key, label, colour in (("fresh_s", "converge from fresh containers", "#3b7dd8"),
                                ("no_change_s", "converge with nothing to change", "#5cb85c")):
         seconds.plot(x, [r[key] for r in rows], marker="o", color=colour,
@@ -576,6 +608,20 @@ def fleet_chart(result, path):
     memory.set_ylim(bottom=0)
     memory.legend(fontsize=8)
     memory.set_title("Controller's peak memory")
+    # Where the CPU of a run goes (older results have no CPU figures).
+    if all("no_change_controller_cpu_s" in r for r in rows):
+        for key, label, colour, style in (
+                ("fresh_controller_cpu_s", "controller, fresh", "#3b7dd8", "-"),
+                ("fresh_hosts_cpu_s", "hosts, fresh", "#3b7dd8", "--"),
+                ("no_change_controller_cpu_s", "controller, nothing to change", "#5cb85c", "-"),
+                ("no_change_hosts_cpu_s", "hosts, nothing to change", "#5cb85c", "--")):
+            cpu.plot(x, [r[key] for r in rows], marker="o", color=colour, linestyle=style,
+                     label=f"{label} (+{result['per_added_worker_host'][key]} s per worker host)")
+        cpu.legend(fontsize=8)
+    cpu.set_xlabel("worker hosts (5 other hosts)")
+    cpu.set_ylabel("CPU seconds in the run")
+    cpu.set_ylim(bottom=0)
+    cpu.set_title("Where the CPU goes: controller and hosts")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
 
@@ -615,6 +661,9 @@ def markdown(r):
         ("converge / floor", f"{r['converge_floor_ratio']:.2f}x", f"<= {TARGETS['converge_floor_ratio']}x"),
         ("second converge", f"{r['second_converge_s']:.1f} s, changed={r['second_converge_changed']}",
          f"< {TARGETS['second_converge_s']} s, changed=0"),
+        ("second converge's CPU: the controller's (ansible-playbook and its children), the hosts' (containers)",
+         f"{r['second_converge_controller_cpu_s']} s, {r['second_converge_hosts_cpu_s']} s"
+         if "second_converge_controller_cpu_s" in r else "not measured", ""),
         ("Ansible's own cost per task (asserts on every managed host) x tasks of the second converge",
          f"{r['engine_s_per_task']} s x {r['second_converge_tasks']} = "
          f"{r['engine_s_per_task'] * r['second_converge_tasks']:.0f} s", ""),
@@ -702,15 +751,17 @@ def main():
     else:
         fresh_lab()
         log("converge of the whole lab from fresh containers")
-        results["converge_fresh_s"], changed, _, _ = timed_converge()
-        log(f"  {results['converge_fresh_s']:.1f} s, changed={changed}")
+        fresh = timed_converge()
+        results["converge_fresh_s"] = fresh["s"]
+        log(f"  {results['converge_fresh_s']:.1f} s, changed={fresh['changed']}")
         packages = installed_packages()
         results["packages"] = {name: {"apt": len(p["apt"]), "pip": sum(len(v) for v in p["pip"].values())}
                                for name, p in packages.items()}
 
     log("second converge")
-    (results["second_converge_s"], results["second_converge_changed"], results["second_converge_tasks"],
-     results["second_converge_controller_mib"]) = timed_converge()
+    second = timed_converge()
+    for key in ("s", "changed", "tasks", "controller_mib", "controller_cpu_s", "hosts_cpu_s"):
+        results[f"second_converge_{key}"] = second[key]
     log(f"  {results['second_converge_s']:.1f} s, changed={results['second_converge_changed']}, "
         f"{results['second_converge_tasks']} tasks")
     results["engine_s_per_task"] = round(engine_floor(), 3)
@@ -738,7 +789,7 @@ def main():
         results["floor_per_host_s"] = {k: round(v, 1) for k, v in results["floor_per_host_s"].items()}
         fresh_lab()
         log("converge of the whole lab from fresh containers, second sample (leaves the lab deployed)")
-        again, _, _, _ = timed_converge()
+        again = timed_converge()["s"]
         results["converge_fresh_samples_s"] = [round(results["converge_fresh_s"], 1), round(again, 1)]
         results["converge_fresh_s"] = min(results["converge_fresh_s"], again)
         results["converge_floor_ratio"] = round(results["converge_fresh_s"] / results["floor_s"], 2)
