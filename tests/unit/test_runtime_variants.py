@@ -17,7 +17,7 @@ def test_hosts_that_agree_make_one_variant_and_an_unset_key_counts_as_the_defaul
     variants = filters.celery_runtime_variants(["worker1", "beat1"], hostvars, KEYS)
     assert variants == [{"hosts": ["worker1", "beat1"],
                          "values": {"celery_app_source": "directory", "celery_app_directory": "/src/app",
-                                    "celery_version": None}}]
+                                    "celery_version": None}, "differs": ""}]
 
 
 def test_a_host_with_another_application_is_its_own_variant_in_order():
@@ -27,6 +27,10 @@ def test_a_host_with_another_application_is_its_own_variant_in_order():
     variants = filters.celery_runtime_variants(["worker1", "client1", "worker2"], hostvars, KEYS)
     assert [v["hosts"] for v in variants] == [["worker1", "worker2"], ["client1"]]
     assert variants[1]["values"]["celery_app_source"] == "package"
+    # Only the settings that differ, an unset one named as the default.
+    assert [v["differs"] for v in variants] == ['celery_app_source="directory"', 'celery_app_source="package"']
+    unset = filters.celery_runtime_variants(["a", "b"], {"a": {}, "b": {"celery_version": "5.6.3"}}, KEYS)
+    assert [v["differs"] for v in unset] == ["celery_version=the default", 'celery_version="5.6.3"']
 
 
 def test_no_hosts_no_variant():

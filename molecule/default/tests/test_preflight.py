@@ -45,7 +45,7 @@ def flower_on_a_worker(data):
 def client_with_another_application(data):
     clients = inventory_groups(data)["celery_clients"]["hosts"]
     name = group("celery_clients")[0]
-    clients[name] = dict(clients[name] or {}, celery_app_module="another_app")
+    clients[name] = dict(clients[name] or {}, celery_extra_requirements=["six==1.17.0"])
 
 
 @pytest.mark.parametrize("edit, message", [
@@ -54,7 +54,7 @@ def client_with_another_application(data):
     # Flower's broker user would be the pools' too: they would never start.
     (flower_on_a_worker, f"{group('celery_workers')[0]} is in flower and in celery_workers"),
     # The play of workers, beat and clients prepares one application, once.
-    (client_with_another_application, f'{group("celery_clients")[0]} with celery_app_module="another_app"'),
+    (client_with_another_application, f'{group("celery_clients")[0]} with celery_extra_requirements=["six==1.17.0"]'),
 ])
 def test_a_bad_layout_of_the_celery_groups_is_refused_before_any_change(edit, message):
     before = fingerprint()

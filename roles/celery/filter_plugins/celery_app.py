@@ -8,6 +8,7 @@ checkout and redeploy the same code.
 """
 import fnmatch
 import hashlib
+import json
 import os
 
 from ansible.errors import AnsibleFilterError
@@ -48,7 +49,8 @@ def celery_tree_digest(path, exclude=(), length=16):
 def celery_runtime_variants(hosts, hostvars, keys):
     """The distinct values the settings `keys` take over `hosts`, in order of
     first appearance: a list of {"hosts": [...], "values": {key: value}}, one
-    entry when every host agrees. A key a host does not set is None there
+    entry when every host agrees, and "differs", the text of its settings
+    that differ between the entries. A key a host does not set is None there
     (the role's default, the same for all). Written by hand: no filter groups
     hosts by several of their variables at once."""
     variants = []
@@ -61,6 +63,12 @@ def celery_runtime_variants(hosts, hostvars, keys):
                 break
         else:
             variants.append({"hosts": [host], "values": values})
+    # For the refusal: each variant's settings that differ between them.
+    differ = [key for key in keys if len({json.dumps(v["values"][key], sort_keys=True) for v in variants}) > 1]
+    for variant in variants:
+        variant["differs"] = ", ".join(
+            f"{key}=" + ("the default" if variant["values"][key] is None else json.dumps(variant["values"][key]))
+            for key in differ)
     return variants
 
 
