@@ -35,3 +35,22 @@ def test_a_host_with_another_application_is_its_own_variant_in_order():
 
 def test_no_hosts_no_variant():
     assert filters.celery_runtime_variants([], {}, KEYS) == []
+
+
+class RawHostvars(dict):
+    """Like Ansible's hostvars: raw_get gives a host's variables unrendered."""
+
+    def raw_get(self, host):
+        return self[host]["raw"]
+
+
+def test_values_are_compared_as_written_not_rendered():
+    # A template naming a role default (not among another host's variables)
+    # is compared as its text; a host that overrides it differs.
+    shared = "/cache/celery-{{ celery_version }}/examples/django"
+    hostvars = RawHostvars(worker1={"raw": {"celery_app_directory": shared}},
+                           beat1={"raw": {"celery_app_directory": shared}},
+                           client1={"raw": {"celery_app_directory": "/srv/other"}})
+    variants = filters.celery_runtime_variants(["worker1", "beat1", "client1"], hostvars, KEYS)
+    assert [v["hosts"] for v in variants] == [["worker1", "beat1"], ["client1"]]
+    assert variants[1]["differs"] == 'celery_app_directory="/srv/other"'

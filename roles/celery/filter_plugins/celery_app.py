@@ -50,12 +50,18 @@ def celery_runtime_variants(hosts, hostvars, keys):
     """The distinct values the settings `keys` take over `hosts`, in order of
     first appearance: a list of {"hosts": [...], "values": {key: value}}, one
     entry when every host agrees, and "differs", the text of its settings
-    that differ between the entries. A key a host does not set is None there
-    (the role's default, the same for all). Written by hand: no filter groups
+    that differ between the entries. The values are compared as written
+    (templates unrendered); a key a host does not set is None there (the
+    role's default, the same for all). Written by hand: no filter groups
     hosts by several of their variables at once."""
     variants = []
+    # As the inventory and extra vars give them, not rendered: a value may
+    # name a role default (celery_app_directory: ".../celery-{{ celery_version }}/..."),
+    # which another host's variables do not hold. Hosts that take a setting
+    # from the same place have the same text.
+    raw = getattr(hostvars, "raw_get", None)
     for host in hosts:
-        own = hostvars[host]
+        own = raw(host) if raw else hostvars[host]
         values = {key: (own[key] if key in own else None) for key in keys}
         for variant in variants:
             if variant["values"] == values:
