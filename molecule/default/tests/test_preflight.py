@@ -57,16 +57,22 @@ def client_with_another_application(data):
     (client_with_another_application, f'{group("celery_clients")[0]} with celery_extra_requirements=["six==1.17.0"]'),
 ])
 def test_a_bad_layout_of_the_celery_groups_is_refused_before_any_change(edit, message):
+    refused_before_any_play(_refused_leaving_every_host_as_it_was("playbooks/site.yml", edit, message))
+
+
+def _refused_leaving_every_host_as_it_was(playbook, edit, message):
+    """The run of `playbook` on the inventory `edit` makes, after checking
+    that it failed naming `message` and that no host changed."""
     before = fingerprint()
     inventory = variant(edit.__name__, edit)
     try:
-        result = run_playbook("playbooks/site.yml", inventory=inventory)
+        result = run_playbook(playbook, inventory=inventory)
     finally:
         os.remove(inventory)
     assert result.returncode != 0
     assert message in " ".join(result.stdout.split()), result.stdout[-2000:]
-    refused_before_any_play(result)
     assert fingerprint() == before
+    return result
 
 
 # celery.yml and monitoring.yml run alone (no preflight play) refuse the
@@ -77,18 +83,10 @@ def test_a_bad_layout_of_the_celery_groups_is_refused_before_any_change(edit, me
     ("playbooks/monitoring.yml", flower_on_a_worker, f"{group('celery_workers')[0]} is in flower and in celery_workers"),
 ])
 def test_celery_and_monitoring_playbooks_alone_refuse_a_bad_layout_before_any_change(playbook, edit, message):
-    before = fingerprint()
-    inventory = variant(edit.__name__, edit)
-    try:
-        result = run_playbook(playbook, inventory=inventory)
-    finally:
-        os.remove(inventory)
-    assert result.returncode != 0
-    assert message in " ".join(result.stdout.split()), result.stdout[-2000:]
+    result = _refused_leaving_every_host_as_it_was(playbook, edit, message)
     plays = re.findall(r"^PLAY \[(.*?)\]", result.stdout, re.MULTILINE)
     assert plays == ["Check the layout of the Celery groups before any change"], plays
     assert not any(result.stats.get("changed", {}).values()), result.stdout[-2000:]
-    assert fingerprint() == before
 
 
 # Each bad input, the words the refusal must contain (the variable, and the
