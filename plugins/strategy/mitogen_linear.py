@@ -36,13 +36,15 @@ class StrategyModule(MitogenLinear):
     worker loaded all of them again and threw them away. Mitogen does the
     same warming for modules, actions and connections (its `_queue_task`);
     this adds the Jinja plugins. Measured on the 7-host lab, with nothing to
-    change: site.yml 66.2 and 68.3 s against 72.6 and 74.7 s, and the
-    controller's CPU 76 and 78 s against 87 and 89 s (README, Benchmark).
+    change, alternated with the tree before: site.yml 71.1 s on average
+    against 76.7 s, the controller's CPU 79 to 85 s against 87 to 97 s
+    (docs/benchmark.md, item 8). tests/unit/test_strategy_shim.py fails if
+    the cache is no longer filled before the fork.
     """
 
     def _queue_task(self, host, task, task_vars, play_context):
         for loader in (filter_loader, test_loader):
-            # all() is a generator: its first step fills the cache, and does
-            # nothing more while the cache is full.
+            # all() is a generator: its first step fills the cache when it is
+            # empty; when it is full, the step only lists what it holds.
             next(iter(loader.all()), None)
         return super()._queue_task(host, task, task_vars, play_context)
