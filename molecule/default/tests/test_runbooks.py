@@ -72,15 +72,18 @@ def test_status_runbook_reports_queues_workers_and_beat():
 
 
 def test_status_runbook_exits_non_zero_naming_what_is_wrong():
-    """A pool stopped behind the bundle's back, a host whose firewall table
-    was deleted with its firewall watch stopped first, and one rule edited
-    on another: status.yml names each, with the host, and exits non-zero,
-    so a scheduler or an alerting check can run it; repaired, it prints
-    each host's health line and exits 0."""
-    pool = inventory_vars(WORKER)["celery_worker_pools"][0]["name"]
-    unit = f"celery-worker@{pool}.service"
+    """A pool stopped behind the bundle's back, another one hung (its unit
+    active, its process frozen), a host whose firewall table was deleted
+    with its firewall watch stopped first, and one rule edited on another:
+    status.yml names each, with the host, and exits non-zero, so a
+    scheduler or an alerting check can run it; repaired, it prints each
+    host's health line and exits 0."""
+    pool, hung = (entry["name"] for entry in inventory_vars(WORKER)["celery_worker_pools"][:2])
+    unit, hung_unit = f"celery-worker@{pool}.service", f"celery-worker@{hung}.service"
     client, flower = group("celery_clients")[0], group("flower")[0]
     host(WORKER).check_output("systemctl stop %s", unit)
+    # SIGSTOP stops the pool's main process, which answers remote control; systemd still sees it active.
+    host(WORKER).check_output("systemctl kill --kill-whom=main --signal=SIGSTOP %s", hung_unit)
     # The timer and its service: a check already running when the timer
     # stops would put the table back (seen once in CI).
     host(client).check_output("systemctl stop celery-firewall-watch.timer celery-firewall-watch.service")
@@ -90,6 +93,7 @@ def test_status_runbook_exits_non_zero_naming_what_is_wrong():
     try:
         broken = run_playbook("playbooks/runbooks/status.yml")
     finally:
+        host(WORKER).check_output("systemctl kill --kill-whom=main --signal=SIGCONT %s", hung_unit)
         host(WORKER).check_output("systemctl start %s", unit)
         for name in (client, flower):
             host(name).check_output("systemctl reload nftables")
@@ -102,7 +106,9 @@ def test_status_runbook_exits_non_zero_naming_what_is_wrong():
     assert f"{client}: the firewall table is missing" in said, said[-3000:]
     assert f"{client}: the firewall watch is not running (celery-firewall-watch.timer inactive)" in said, said[-3000:]
     assert f"{flower}: the firewall table differs from the one loaded (rules differ from the ones loaded: + tcp dport 8080 accept)" in said, said[-3000:]
-    assert "Problems: 5" in said, said[-3000:]
+    assert f"{WORKER}: the pool {hung}@{WORKER} runs but did not answer celery inspect within 10 s" in said, said[-3000:]
+    assert f"{pool}@{WORKER} runs but" not in said, said[-3000:]   # a stopped pool is named once, as stopped
+    assert "Problems: 6" in said, said[-3000:]
     healthy = run_playbook("playbooks/runbooks/status.yml")
     said = " ".join(healthy.stdout.split())
     assert healthy.returncode == 0 and "Problems: 0" in said, said[-3000:]
