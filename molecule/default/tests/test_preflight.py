@@ -137,6 +137,9 @@ BAD_INPUT = [
      ["rsyslog_server_program_files", "../../etc/cron.d/x"]),
     ("log-sender-rate-too-low", {"rsyslog_server_sender_rate": 2000},
      ["rsyslog_server_sender_rate must be 0 (no limit) or at least 65536"]),
+    # A role's checks are one task: every broken rule is named in the same run, not only the first.
+    ("two-broker-rules-at-once", {"rabbitmq_partition_handling": "never", "rabbitmq_task_exchange": "feeds"},
+     ["rabbitmq_partition_handling=never", "rabbitmq_task_exchange=feeds"]),
 ]
 
 
@@ -162,7 +165,10 @@ def test_bad_input_is_refused_in_preflight_naming_it(untouched, case, overrides,
     refused_before_any_play(result)
 
 
-@pytest.mark.parametrize("secret", ["vault_rabbitmq_client_password", "vault_flower_password"])
+# The worker's password is a template inside a rabbitmq_users entry; the
+# client's is inside an entry that is itself a template.
+@pytest.mark.parametrize("secret", ["vault_rabbitmq_worker_password", "vault_rabbitmq_client_password",
+                                    "vault_flower_password"])
 def test_an_undefined_vault_secret_is_refused_naming_it(untouched, secret):
     with open(os.environ["CLUSTER_SECRETS"], encoding="utf-8") as handle:
         secrets = yaml.safe_load(handle)
