@@ -9,6 +9,9 @@ strategies by path, not by package, hence this module (the import, the CPU
 placement and the warm Jinja plugin cache below); no maintained module or
 setting does any of them.
 """
+import gc
+import os
+
 import ansible_mitogen.affinity
 from ansible.plugins.loader import filter_loader, test_loader
 from ansible_mitogen.plugins.strategy.mitogen_linear import StrategyModule as MitogenLinear
@@ -22,6 +25,17 @@ from ansible_mitogen.plugins.strategy.mitogen_linear import StrategyModule as Mi
 # managed hosts 31.8 s pinned, 18.8 s unpinned; a no-change site.yml 137 and
 # 141 s pinned, 123 and 129 s unpinned. Mitogen has no setting for it.
 ansible_mitogen.affinity.policy = ansible_mitogen.affinity.Policy()
+
+# Every task runs in a worker forked from this process, which holds the
+# whole run's state (inventory, variables, loaded plugins). Pages are shared
+# with the fork until either side writes to them, and the cyclic garbage
+# collector writes to every object it scans: a collection in a worker copied
+# the inherited objects it walked, although a worker never frees any of
+# them. Frozen right after the fork, they are left out of the worker's
+# collections (gc.freeze moves them to a generation it never scans; the
+# worker's own objects are still collected). The top-level process itself
+# is not frozen. Python documents this use (gc.freeze); Ansible does not do it.
+os.register_at_fork(after_in_child=gc.freeze)
 
 
 class StrategyModule(MitogenLinear):

@@ -34,3 +34,23 @@ def test_queue_task_fills_the_jinja_plugin_caches_before_handing_the_task_on(mon
     assert strategy._queue_task("worker1", "task", {}, "play_context") == "queued"  # noqa: SLF001
     assert queued == [("worker1", True, True)]
     assert "bool" in filter_loader._cached_non_collection_wrappers  # noqa: SLF001 - ansible-core's own filters
+
+
+def test_a_forked_worker_leaves_the_inherited_objects_out_of_its_collections():
+    # What the shim registers at import runs in every child forked after it
+    # (Ansible's task workers); the top-level process stays unfrozen.
+    import gc
+    import os
+
+    before = gc.get_freeze_count()
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: report its frozen count, and leave at once
+        os.write(write, str(gc.get_freeze_count()).encode())
+        os._exit(0)
+    os.close(write)
+    frozen_in_child = int(os.read(read, 64))
+    os.close(read)
+    os.waitpid(pid, 0)
+    assert frozen_in_child > len(gc.get_objects(generation=2)) // 2
+    assert gc.get_freeze_count() == before
