@@ -227,3 +227,19 @@ def test_a_package_removed_by_hand_is_installed_again_by_the_next_run():
     result = run_playbook("playbooks/celery.yml", "--limit", CLIENT)
     assert result.changed(CLIENT) > 0
     assert client.package("python3-pip").is_installed
+
+
+# The celery role writes its directories and small files in loops (one task
+# each): every item must still carry its own owner and mode, and be put back.
+def test_the_runtime_directories_and_files_changed_by_hand_are_set_back_by_the_next_run():
+    client = host(CLIENT)
+    client.check_output("chmod 0755 /etc/celery && chmod 0644 /etc/celery/publisher.env"
+                        " && chown root:root /var/lib/celery && rm /etc/celery-cluster/celery.json")
+    result = run_playbook("playbooks/celery.yml", "--limit", CLIENT)
+    assert result.changed(CLIENT) > 0
+    wanted = {"/etc/celery": (0o750, "root", "celery"), "/etc/celery/publisher.env": (0o640, "root", "celery"),
+              "/var/lib/celery": (0o750, "celery", "celery"), "/etc/celery-cluster/celery.json": (0o644, "root", "root")}
+    for path, (mode, user, grp) in wanted.items():
+        found = client.file(path)
+        assert (found.exists, found.mode, found.user, found.group) == (True, mode, user, grp), path
+    assert json.loads(client.file("/etc/celery-cluster/celery.json").content_string)["app"] == "celery_cluster"
