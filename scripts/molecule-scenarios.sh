@@ -4,9 +4,8 @@
 # idempotence, verify, destroy).
 #
 # Overlapped on purpose: the first scenario (the biggest, `default`) runs in
-# the foreground; once its converge and idempotence are done, the others run
-# one after another in the background while its verify runs. Converges keep
-# both cores busy; the verify mostly waits on tasks, services and timeouts.
+# the foreground; the others run one after another in the background, from
+# the start of its converge to the end of its verify (see below).
 # Each scenario has its own containers, network, CA and artifacts directory,
 # so they share nothing but the Docker engine and the apt cache. The
 # background scenarios' output goes to artifacts/<scenario>/molecule.log and
@@ -74,25 +73,24 @@ background() {
 }
 
 status=0
-bg_pid=
-# The first scenario: up to a converged, idempotent cluster. Starting the
-# others right after its converge instead was tried (2026-12-03): its
-# idempotence run and their converge then kept both cores busy (vmstat: 95
-# to 98% for 5 minutes), the idempotence run took 4m48s instead of 2m30s,
-# and broker_cluster reached its verify no sooner.
+
+# The others start with the first scenario's converge, not after it: a fresh
+# converge keeps this 2-core machine only 51 to 66% busy (vmstat every 30 s,
+# 2026-12-05: it waits on apt, pip and services starting), and the others,
+# one after another, were the critical path, ending 7 to 8 minutes after the
+# first one's verify. Starting them after its converge instead was tried
+# (2026-12-03): its idempotence run and their converge then kept both cores
+# busy (vmstat: 95 to 98% for 5 minutes), the idempotence run took 4m48s
+# instead of 2m30s, and broker_cluster reached its verify no sooner.
 molecule destroy --scenario-name "$first"
 molecule syntax --scenario-name "$first"
+background &
+bg_pid=$!
 if molecule converge --scenario-name "$first" && molecule idempotence --scenario-name "$first"; then
-  background &
-  bg_pid=$!
   molecule verify --scenario-name "$first" || status=1
 else
   status=1
 fi
 molecule destroy --scenario-name "$first" || status=1
-if [[ -n $bg_pid ]]; then
-  wait "$bg_pid" || status=1
-elif (( status == 0 )); then
-  background || status=1
-fi
+wait "$bg_pid" || status=1
 exit "$status"
