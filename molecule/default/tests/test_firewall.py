@@ -173,6 +173,34 @@ def test_with_restore_off_the_alert_repeats_until_the_firewall_playbook_repairs_
     assert not is_open, detail
 
 
+def test_watch_switched_off_leaves_no_trace_and_comes_back_when_switched_on():
+    """firewall_watch_enabled false on one client: the timer stopped and
+    every file of the watch gone (program, settings, units, the
+    nftables.service drop-in), so a reload of nftables is Debian's own again
+    and keeps the table; the default inventory puts the watch back."""
+    client = group("celery_clients")[0]
+    files = [WATCH, "/etc/celery-firewall-watch.json", "/etc/systemd/system/celery-firewall-watch.service",
+             "/etc/systemd/system/celery-firewall-watch.timer",
+             "/etc/systemd/system/nftables.service.d/celery-firewall-watch.conf"]
+    try:
+        off = run_playbook("playbooks/firewall.yml", "--limit", client, '--extra-vars={"firewall_watch_enabled": false}')
+        assert off.returncode == 0, off.stdout[-3000:]
+        assert recap_changed(off, client) > 0
+        assert [path for path in files if host(client).file(path).exists] == []
+        assert host(client).run("systemctl is-active celery-firewall-watch.timer").stdout.strip() != "active"
+        assert "celery-firewall-watch" not in host(client).check_output("systemctl cat nftables.service")
+        host(client).check_output("systemctl reload nftables.service")
+        assert "policy drop" in host(client).check_output("nft list table inet celery_filter")
+        again = run_playbook("playbooks/firewall.yml", "--limit", client, '--extra-vars={"firewall_watch_enabled": false}')
+        assert again.returncode == 0 and recap_changed(again, client) == 0, again.stdout[-3000:]
+    finally:
+        on = run_playbook("playbooks/firewall.yml", "--limit", client)
+    assert on.returncode == 0, on.stdout[-3000:]
+    assert all(host(client).file(path).exists for path in files)
+    assert wait_until(lambda: watch_status(client)["status"] == "ok", 60), watch_status(client)
+    assert watch_status(client)["timer"] == "active"
+
+
 def _without_host(name):
     """The inventory with host `name` gone from every group (decommissioned)."""
     def edit(data):
