@@ -331,8 +331,15 @@ def test_flower_counts_signed_events_only(cafile):
 
 
 def _no_flower(data):
-    """The Flower host taken out of `flower` (it stays a Celery host)."""
-    inventory_groups(data)["flower"]["hosts"] = {}
+    """The Flower host taken out of `flower` (it stays a Celery host: in the
+    lab's nested inventory `flower` is its only group, so it moves, with its
+    variables, into `celery` itself, where molecule's flat one lists it)."""
+    groups = inventory_groups(data)
+    celery_hosts = groups["celery"].get("hosts") or {}
+    for name, host_vars in (groups["flower"].get("hosts") or {}).items():
+        celery_hosts.setdefault(name, host_vars)
+    groups["celery"]["hosts"] = celery_hosts
+    groups["flower"]["hosts"] = {}
 
 
 def _flower_open(flower):
