@@ -234,3 +234,43 @@ def test_a_broker_on_debian_12_is_refused_naming_the_host(untouched):
     assert result.returncode != 0
     assert f"{broker} is a broker and runs Debian 12.11: the rabbitmq role needs Debian 13" in text, text[-1500:]
     refused_before_any_play(result)
+
+
+# The only changes a dry run may predict on a deployed cluster: Ansible's
+# pip module cannot tell in check mode whether a requirements file is
+# satisfied (it reports it changed), so the virtual environments show as
+# changed, and so do the restarts they would notify.
+DRY_RUN_MAY_PREDICT = {
+    "celery : Install Celery and the application into the virtual environment",
+    "flower : Install Celery, the application and Flower into Flower's virtual environment",
+    "service_health : Enable and start or restart the units",
+    "celery_worker : Restart celery workers",
+    "flower : Restart flower",
+}
+
+
+def _running_services():
+    """Each managed host's running services, with when each last started."""
+    return {name: host(name).run(
+        "systemctl show --property=Id,MainPID,ActiveEnterTimestamp "
+        "$(systemctl list-units --type=service --state=running --no-legend --plain | cut -d' ' -f1)").stdout
+        for name in group("rabbitmq") + group("logserver") + group("celery")}
+
+
+def test_a_dry_run_of_the_deployed_cluster_runs_through_and_changes_nothing():
+    """`site.yml --check` on the deployed cluster (what an operator runs
+    before a change): every play runs through, the reads it depends on run
+    (they are marked check_mode: false), nothing changes on any host, no
+    service restarts, and it predicts no change but the pip module's."""
+    before, services = fingerprint(), _running_services()
+    result = run_playbook("playbooks/site.yml", "--check")
+    assert result.returncode == 0, result.stdout[-3000:]
+    predicted, task = set(), None
+    for line in result.stdout.splitlines():
+        if line.startswith(("TASK [", "RUNNING HANDLER [")):
+            task = line[line.index("[") + 1:line.rindex("]")]
+        elif line.startswith("changed: ["):
+            predicted.add(task)
+    assert predicted <= DRY_RUN_MAY_PREDICT, sorted(predicted - DRY_RUN_MAY_PREDICT)
+    assert fingerprint() == before
+    assert _running_services() == services
