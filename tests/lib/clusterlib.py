@@ -164,6 +164,16 @@ class PlaybookRun:
         assert self.returncode == 0 and name in reached, self.stdout[-3000:]
         return self.stats.get("changed", {}).get(name, 0)
 
+    def outcome(self, task, name):
+        """How the task named `task` (role prefix included) ended on host
+        `name`: ok, changed, skipping, failed or fatal; None when the task
+        ran but not on that host. The task must be in the run."""
+        parts = self.stdout.split(f"TASK [{task}]", 1)
+        assert len(parts) == 2, f"no task {task!r} in the run"
+        block = parts[1].split("\nTASK [", 1)[0]
+        found = re.search(rf"^(ok|changed|skipping|failed|fatal): \[{re.escape(name)}[\] ]", block, re.MULTILINE)
+        return found.group(1) if found else None
+
 
 def run_playbook(playbook, *extra, inventory=None, secrets_file=None, env=None):
     """Run one of the repository's playbooks (a path, or a list of paths run

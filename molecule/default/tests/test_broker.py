@@ -154,6 +154,31 @@ def test_a_password_changed_behind_the_bundle_is_set_back_and_the_next_run_chang
         host(BROKER).run("rabbitmqctl --quiet change_password celery_client %s", wanted)
 
 
+def test_plugins_changed_by_hand_are_set_back_and_a_run_with_nothing_to_change_leaves_rabbitmq_plugins_alone():
+    # The role reads the file rabbitmq-plugins keeps the enabled plugins in
+    # and runs the module (an Erlang VM boot, the broker play's slowest step)
+    # only when the file differs from rabbitmq_plugins. A plugin disabled and
+    # another enabled by hand must both be set back by the next run, and the
+    # run after must skip the module.
+    broker = host(BROKER)
+    deployed = sorted(broker.check_output("rabbitmq-plugins --quiet list --enabled --minimal").split())
+    assert "rabbitmq_prometheus" in deployed and "rabbitmq_top" not in deployed, deployed
+    try:
+        broker.check_output("rabbitmq-plugins --quiet disable rabbitmq_prometheus")
+        broker.check_output("rabbitmq-plugins --quiet enable rabbitmq_top")
+        assert broker.run("rabbitmq-plugins --quiet is_enabled rabbitmq_prometheus").rc != 0
+        assert recap_changed(run_playbook("playbooks/broker.yml"), BROKER) >= 1
+        explicit = sorted(broker.check_output("rabbitmq-plugins --quiet list --enabled --minimal").split())
+        assert explicit == deployed, explicit
+        assert broker.run("rabbitmq-plugins --quiet is_enabled rabbitmq_prometheus").rc == 0
+        again = run_playbook("playbooks/broker.yml")
+        assert recap_changed(again, BROKER) == 0
+        assert again.outcome("rabbitmq : Enable the listed plugins, and only those", BROKER) == "skipping"
+    finally:
+        broker.run("rabbitmq-plugins --quiet disable rabbitmq_top")
+        broker.run("rabbitmq-plugins --quiet enable rabbitmq_prometheus")
+
+
 def put_file(name, path, content):
     """Write `content` to `path` on host `name` (mode 0600) without putting
     it on any command line: through the connection's standard input."""
