@@ -4,7 +4,7 @@ import json
 import os
 
 import pytest
-from clusterlib import PKI, group, host, inventory_vars, run_playbook
+from clusterlib import INVENTORY, PKI, group, host, inventory_vars, run_playbook
 
 MANAGED = sorted(set(group("rabbitmq") + group("logserver") + group("celery")))
 
@@ -116,3 +116,23 @@ def test_a_loosened_key_and_a_deleted_certificate_are_repaired_by_the_next_run()
     target.check_output("openssl verify -CAfile %s/ca.crt %s/syslog.crt", PKI, PKI)
     again = run_playbook("playbooks/services/logging.yml", "--limit", name)
     assert again.changed(name) == 0, again.stdout[-3000:]
+
+
+# The same for the CA on the controller: a run with nothing to change trusts
+# the record of the CA it generated (pki_ca_dir/ca.record.json) and skips
+# the key, request and self-signing modules. A key loosened by hand must
+# still be repaired, and the run after must skip them again.
+def test_a_loosened_ca_key_on_the_controller_is_repaired_by_the_next_run():
+    key = os.path.join(os.path.dirname(os.path.abspath(INVENTORY)), ".pki", "ca.key")
+    task = "pki : Generate the CA private key on the controller"
+    os.chmod(key, 0o644)
+    try:
+        repair = run_playbook("playbooks/pki.yml")
+        # Run once, on whichever host the play lists first.
+        assert {repair.outcome(task, name) for name in MANAGED} - {None} == {"changed"}
+        assert os.stat(key).st_mode & 0o777 == 0o600
+        again = run_playbook("playbooks/pki.yml")
+        assert sum(again.changed(name) for name in MANAGED) == 0, again.stdout[-3000:]
+        assert {again.outcome(task, name) for name in MANAGED} - {None} == {"skipping"}
+    finally:
+        os.chmod(key, 0o600)
