@@ -136,3 +136,12 @@ def test_a_loosened_ca_key_on_the_controller_is_repaired_by_the_next_run():
         assert {again.outcome(task, name) for name in MANAGED} - {None} == {"skipping"}
     finally:
         os.chmod(key, 0o600)
+
+
+def test_a_passphrase_that_does_not_open_the_ca_key_fails_the_run_before_any_change():
+    # With a passphrase the record is not trusted: the key module must still
+    # try it, and refuse, although the files match their record.
+    refused = run_playbook("playbooks/pki.yml", "--extra-vars", "pki_ca_privatekey_passphrase=not-the-passphrase")
+    assert refused.returncode != 0
+    assert "Unable to read the key" in refused.stdout, refused.stdout[-3000:]
+    assert not refused.stats.get("changed"), refused.stats
