@@ -159,7 +159,8 @@ def test_plugins_changed_by_hand_are_set_back_and_a_run_with_nothing_to_change_l
     # and runs the module (an Erlang VM boot, the broker play's slowest step)
     # only when the file differs from rabbitmq_plugins. A plugin disabled and
     # another enabled by hand must both be set back by the next run, and the
-    # run after must skip the module.
+    # run after must skip the module. The broker play alone (services/): its
+    # firewall is not what is tested here.
     broker = host(BROKER)
     deployed = sorted(broker.check_output("rabbitmq-plugins --quiet list --enabled --minimal").split())
     assert "rabbitmq_prometheus" in deployed and "rabbitmq_top" not in deployed, deployed
@@ -167,11 +168,11 @@ def test_plugins_changed_by_hand_are_set_back_and_a_run_with_nothing_to_change_l
         broker.check_output("rabbitmq-plugins --quiet disable rabbitmq_prometheus")
         broker.check_output("rabbitmq-plugins --quiet enable rabbitmq_top")
         assert broker.run("rabbitmq-plugins --quiet is_enabled rabbitmq_prometheus").rc != 0
-        assert recap_changed(run_playbook("playbooks/broker.yml"), BROKER) >= 1
+        assert recap_changed(run_playbook("playbooks/services/broker.yml"), BROKER) >= 1
         explicit = sorted(broker.check_output("rabbitmq-plugins --quiet list --enabled --minimal").split())
         assert explicit == deployed, explicit
         assert broker.run("rabbitmq-plugins --quiet is_enabled rabbitmq_prometheus").rc == 0
-        again = run_playbook("playbooks/broker.yml")
+        again = run_playbook("playbooks/services/broker.yml")
         assert recap_changed(again, BROKER) == 0
         assert again.outcome("rabbitmq : Enable the listed plugins, and only those", BROKER) == "skipping"
     finally:
