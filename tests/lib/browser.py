@@ -15,6 +15,15 @@ CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
 
 
+# Chromium's own error page (body class "neterror") names the error in .error-code.
+_NET_ERROR = """return document.body && document.body.classList.contains('neterror')
+    ? ((document.querySelector('.error-code') || {}).textContent || 'neterror').trim() : null;"""
+
+
+class NavigationError(AssertionError):
+    """Chromium showed its own error page instead of the site's."""
+
+
 def _free_port():
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -85,8 +94,23 @@ class Browser:
         self._cmd("POST", "/goog/cdp/execute", {"cmd": "Network.setExtraHTTPHeaders",
                                                 "params": {"headers": {"Authorization": f"Basic {token}"}}})
 
-    def open(self, url):
-        self._cmd("POST", "/url", {"url": url}, timeout=120)
+    def open(self, url, attempts=5):
+        """Load `url`; raise NavigationError if Chromium shows its own error
+        page instead of what the server sent. ERR_NETWORK_CHANGED is loaded
+        again: Chromium aborts a load when an address of this machine changes,
+        which Docker does each time another scenario's container or network
+        comes or goes (seen once in CI); it says nothing of the site."""
+        for _ in range(attempts):
+            self._cmd("POST", "/url", {"url": url}, timeout=120)
+            error = self.script(_NET_ERROR)
+            if error != "ERR_NETWORK_CHANGED":
+                break
+        if error:
+            raise NavigationError(f"{url}: Chromium shows its error page: {error}")
+
+    def status(self):
+        """The HTTP status of the page's own response (Navigation Timing)."""
+        return self.script("return performance.getEntriesByType('navigation')[0].responseStatus;")
 
     def title(self):
         return self._cmd("GET", "/title")

@@ -239,6 +239,7 @@ def test_a_browser_with_the_credentials_sees_every_pool_on_the_dashboard(cafile)
     with Browser(ca_pem) as browser:
         browser.basic_auth(USER, password())
         browser.open(url + "/")
+        assert browser.status() == 200, browser.text()[:500]
         # The page refreshes its worker table every second from /workers?json=1.
         deadline = time.monotonic() + 90
         while True:
@@ -257,8 +258,8 @@ def test_a_browser_with_the_credentials_sees_every_pool_on_the_dashboard(cafile)
     # The same browser without credentials gets nothing of the dashboard.
     with Browser(ca_pem) as anonymous:
         anonymous.open(url + "/")
-        time.sleep(3)
         text = anonymous.text()
+        assert anonymous.status() == 401, text[:500]
         assert anonymous.script(ROWS) == {} and "Online workers" not in text, text[:500]
 
 
