@@ -128,6 +128,8 @@ def test_a_password_changed_behind_the_bundle_is_set_back_and_the_next_run_chang
     # drift. Meanwhile every command line on the broker is watched: the
     # password must be on none (rabbitmqctl change_password would show it to
     # `ps`). A process started with it as an argument proves the watch sees.
+    # The broker play alone (services/): the users are set there, and every
+    # host's firewall, which broker.yml applies first, is not under test.
     wanted = password("celery_client")
     host(BROKER).check_output("rabbitmqctl --quiet change_password celery_client %s", "drifted-" + uuid.uuid4().hex)
     token = uuid.uuid4().hex[:8]
@@ -141,7 +143,7 @@ def test_a_password_changed_behind_the_bundle_is_set_back_and_the_next_run_chang
             host(BROKER).check_output("nohup python3 -c %s %s < %s > %s 2>&1 &", _WATCH, stop, secret, report)
             control = host(BROKER).run("sh -c 'sleep 1' control-%s", wanted)
             assert control.rc == 0
-            assert recap_changed(run_playbook("playbooks/broker.yml"), BROKER) >= 1
+            assert recap_changed(run_playbook("playbooks/services/broker.yml"), BROKER) >= 1
         finally:
             host(BROKER).run("touch %s; rm -f %s", stop, secret)
         watched = wait_json(BROKER, report)
@@ -149,7 +151,7 @@ def test_a_password_changed_behind_the_bundle_is_set_back_and_the_next_run_chang
         # Only the control process (and the shell that started it) held it.
         assert watched["seen"] and all("control-<secret>" in line for line in watched["seen"]), watched
         assert host(BROKER).run("rabbitmqctl --quiet authenticate_user celery_client %s", wanted).rc == 0
-        assert recap_changed(run_playbook("playbooks/broker.yml"), BROKER) == 0
+        assert recap_changed(run_playbook("playbooks/services/broker.yml"), BROKER) == 0
     finally:
         host(BROKER).run("rabbitmqctl --quiet change_password celery_client %s", wanted)
 
@@ -160,24 +162,26 @@ def test_plugins_changed_by_hand_are_set_back_and_a_run_with_nothing_to_change_l
     # only when the file differs from rabbitmq_plugins. A plugin disabled and
     # another enabled by hand must both be set back by the next run, and the
     # run after must skip the module. The broker play alone (services/): its
-    # firewall is not what is tested here.
+    # firewall is not what is tested here. Each rabbitmq-plugins call boots an
+    # Erlang VM (1.5 to 3 s): the hand changes are set back by hand only when
+    # the run did not.
     broker = host(BROKER)
     deployed = sorted(broker.check_output("rabbitmq-plugins --quiet list --enabled --minimal").split())
     assert "rabbitmq_prometheus" in deployed and "rabbitmq_top" not in deployed, deployed
+    explicit = None
     try:
         broker.check_output("rabbitmq-plugins --quiet disable rabbitmq_prometheus")
         broker.check_output("rabbitmq-plugins --quiet enable rabbitmq_top")
-        assert broker.run("rabbitmq-plugins --quiet is_enabled rabbitmq_prometheus").rc != 0
         assert recap_changed(run_playbook("playbooks/services/broker.yml"), BROKER) >= 1
         explicit = sorted(broker.check_output("rabbitmq-plugins --quiet list --enabled --minimal").split())
         assert explicit == deployed, explicit
-        assert broker.run("rabbitmq-plugins --quiet is_enabled rabbitmq_prometheus").rc == 0
         again = run_playbook("playbooks/services/broker.yml")
         assert recap_changed(again, BROKER) == 0
         assert again.outcome("rabbitmq : Enable the listed plugins, and only those", BROKER) == "skipping"
     finally:
-        broker.run("rabbitmq-plugins --quiet disable rabbitmq_top")
-        broker.run("rabbitmq-plugins --quiet enable rabbitmq_prometheus")
+        if explicit != deployed:
+            broker.run("rabbitmq-plugins --quiet disable rabbitmq_top")
+            broker.run("rabbitmq-plugins --quiet enable rabbitmq_prometheus")
 
 
 def put_file(name, path, content):
