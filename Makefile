@@ -16,8 +16,9 @@ SCENARIOS ?= default broker_cluster logging
 ## Deploy the local lab: tooling, base image, containers, site.yml, summary.
 lab: image secrets lab-up converge
 
-## Run every test: lint, syntax, unit tests, molecule scenarios.
-test: image secrets lint unit molecule
+## Run every test: lint, syntax and unit tests beside the molecule scenarios (scripts/test.sh).
+test: image secrets
+	scripts/test.sh $(SCENARIOS)
 
 ## Benchmark: deploy cost and cluster figures, written to bench/ (docs/benchmark.md).
 bench: image secrets
