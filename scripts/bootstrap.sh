@@ -52,4 +52,4 @@ if [ "$want" != "$have" ]; then
   "$venv/bin/pip" install -q -r "$here/requirements-dev.txt"
   echo "$want" >"$venv/.requirements.sha256"
 fi
-log "controller ready: $("$venv/bin/ansible" --version | head -n1)"
+log "controller ready: $("$venv/bin/ansible" --version | sed -n 1p)"
