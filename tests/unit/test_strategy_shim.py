@@ -6,6 +6,7 @@ the test fails and says the warming no longer does anything."""
 import importlib.util
 from pathlib import Path
 
+from ansible.playbook.task import Task
 from ansible.plugins.loader import filter_loader, init_plugin_loader, test_loader
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -31,7 +32,9 @@ def test_queue_task_fills_the_jinja_plugin_caches_before_handing_the_task_on(mon
         assert not loader._cached_non_collection_wrappers  # noqa: SLF001
 
     strategy = object.__new__(shim.StrategyModule)  # no task queue manager needed for this method
-    assert strategy._queue_task("worker1", "task", {}, "play_context") == "queued"  # noqa: SLF001
+    strategy._loader = None  # noqa: SLF001 - a task without a condition needs none
+    task = Task.load({"name": "A module on the host", "ansible.builtin.command": "true"})  # goes to a worker
+    assert strategy._queue_task("worker1", task, {}, "play_context") == "queued"  # noqa: SLF001
     assert queued == [("worker1", True, True)]
     assert "bool" in filter_loader._cached_non_collection_wrappers  # noqa: SLF001 - ansible-core's own filters
 
@@ -54,3 +57,52 @@ def test_a_forked_worker_leaves_the_inherited_objects_out_of_its_collections():
     os.waitpid(pid, 0)
     assert frozen_in_child > len(gc.get_objects(generation=2)) // 2
     assert gc.get_freeze_count() == before
+
+
+PLAY_DIR = Path(__file__).resolve().parent / "strategy_play"
+
+
+def _run_play(strategy, tmp_path):
+    """Run strategy_play/play.yml on two local hosts; the json callback's
+    results per task and host, and the pid of ansible-playbook."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, ANSIBLE_CONFIG=str(ROOT / "ansible.cfg"), ANSIBLE_STRATEGY=strategy,
+               ANSIBLE_STDOUT_CALLBACK="ansible.posix.json", ANSIBLE_CALLBACKS_ENABLED="ansible.posix.timer",
+               ANSIBLE_LOCAL_TEMP=str(tmp_path / "tmp"), ANSIBLE_PYTHON_INTERPRETER=sys.executable)
+    process = subprocess.Popen([str(Path(sys.executable).parent / "ansible-playbook"), "-i", str(PLAY_DIR / "hosts.yml"),
+                                str(PLAY_DIR / "play.yml")], cwd=ROOT, env=env, stdout=subprocess.PIPE, text=True)
+    out, _ = process.communicate(timeout=300)
+    assert process.returncode == 2, out  # host two fails on purpose
+    document = json.JSONDecoder().raw_decode(out)[0]
+    volatile = {"duration", "start", "end", "delta", "invocation"}
+    # The callback keeps an entry per task and host with a strategy other than
+    # ansible-core's linear, one per task with linear: merged per task here.
+    results = {}
+    for play in document["plays"]:
+        for task in play["tasks"]:
+            hosts = results.setdefault((task["task"]["id"], task["task"]["name"]), {})
+            hosts.update({host: {k: v for k, v in result.items() if k not in volatile}
+                          for host, result in task["hosts"].items()})
+    return [(name, dict(sorted(hosts.items()))) for (_, name), hosts in results.items()], process.pid, document["stats"]
+
+
+def test_the_tasks_decided_in_the_top_level_process_give_ansible_cores_own_results(tmp_path):
+    shim_results, shim_pid, shim_stats = _run_play("mitogen_linear", tmp_path)
+    core_results, core_pid, core_stats = _run_play("linear", tmp_path)
+
+    def without_renderer(results):
+        return [(name, {host: {k: v for k, v in r.items() if k != "ansible_facts" or "shim_rendered_by" not in v}
+                        for host, r in hosts.items()}) for name, hosts in results]
+
+    assert without_renderer(shim_results) == without_renderer(core_results)
+    assert shim_stats == core_stats
+    assert shim_stats["two"]["failures"] == 1 and shim_stats["one"]["failures"] == 0
+    # Rendered in ansible-playbook itself with the shim, in a forked worker without it.
+    rendered = {name: hosts for name, hosts in shim_results}["Record the process that rendered this"]
+    assert rendered["one"]["ansible_facts"]["shim_rendered_by"] == str(shim_pid)
+    rendered = {name: hosts for name, hosts in core_results}["Record the process that rendered this"]
+    assert rendered["one"]["ansible_facts"]["shim_rendered_by"] != str(core_pid)
