@@ -106,3 +106,15 @@ def test_the_tasks_decided_in_the_top_level_process_give_ansible_cores_own_resul
     assert rendered["one"]["ansible_facts"]["shim_rendered_by"] == str(shim_pid)
     rendered = {name: hosts for name, hosts in core_results}["Record the process that rendered this"]
     assert rendered["one"]["ansible_facts"]["shim_rendered_by"] != str(core_pid)
+
+
+def test_a_template_compiled_once_renders_each_hosts_own_values():
+    from ansible._internal._templating._engine import TemplateEngine
+    from ansible.template import trust_as_template
+
+    source = "{{ shim_value * 2 }} {{ 'yes' if shim_value > 1 else 'no' }}"
+    before = len(shim._COMPILED)  # noqa: SLF001
+    first = TemplateEngine(variables={"shim_value": 1}).template(trust_as_template(source))
+    second = TemplateEngine(variables={"shim_value": 3}).template(trust_as_template(source))
+    assert (first, second) == ("2 no", "6 yes")
+    assert len(shim._COMPILED) == before + 1  # noqa: SLF001 - one compile for both engines
