@@ -87,22 +87,27 @@ class StrategyModule(MitogenLinear):
             # all() is a generator: its first step fills the cache when it is
             # empty; when it is full, the step only lists what it holds.
             next(iter(loader.all()), None)
-        here = runs_here(task)
-        result = None if here else skip_result_here(host, task, task_vars, play_context, self._loader)
-        if not here and result is None:
+        sent, executor = task, None
+        if runs_here(task):
+            try:
+                sent = task.copy(exclude_tasks=True)  # the executor writes templated values into it and its blocks
+                with TaskContext(sent):
+                    executor = TaskExecutor(host, sent, task_vars.copy(), play_context, self._loader,
+                                            plugin_loader.get_plugin_loader_namespace(), self._final_q,
+                                            self._variable_manager)
+            except Exception:  # noqa: BLE001 - a worker then does it, and reports what fails
+                sent, executor = task, None
+        result = None if executor is not None else skip_result_here(host, task, task_vars, play_context, self._loader)
+        if executor is None and result is None:
             return super()._queue_task(host, task, task_vars, play_context)
         # As StrategyBase._queue_task and WorkerProcess._run do, without the
         # fork (ansible-core 2.19, pinned in requirements-dev.txt).
         self._queued_task_cache[(host.name, task._uuid)] = {  # noqa: SLF001
             "host": host, "task": task, "task_vars": task_vars, "play_context": play_context}
         self._tqm.send_callback("v2_runner_on_start", host, task)
-        sent = task
-        if here:
-            sent = task.copy(exclude_tasks=True)  # the executor writes templated values into it and its blocks
+        if executor is not None:
             with TaskContext(sent):
-                result = TaskExecutor(host, sent, task_vars.copy(), play_context, self._loader,
-                                      plugin_loader.get_plugin_loader_namespace(), self._final_q,
-                                      self._variable_manager).run()
+                result = executor.run()  # catches what the task raises, as in a worker
         self._final_q.send_task_result(_RawTaskResult(host=host, task=sent, return_data=result, task_fields=sent.dump_attrs()))
         self._pending_results += 1
         return None
