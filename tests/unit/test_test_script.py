@@ -20,7 +20,12 @@ def _tree(tmp_path, lint_ok):
     # The scenarios: a long run (and a child of it) whose PIDs are recorded.
     scenarios.write_text("#!/usr/bin/env bash\necho $$ > scenarios.pid\nsleep 300 &\necho $! > child.pid\n"
                          "wait\necho finished > scenarios.done\n")
-    (tmp_path / "Makefile").write_text("lint:\n\t@echo linting; " + ("true" if lint_ok else "false") +
+    # A failing lint fails once the scenarios and their child have started,
+    # as the real one does (it takes about 90 s): a lint that failed before
+    # the stand-in recorded its child would leave nothing to check (a CI
+    # run under load once got there first).
+    lint = "true" if lint_ok else "while [ ! -s child.pid ]; do sleep 0.05; done; false"
+    (tmp_path / "Makefile").write_text("lint:\n\t@echo linting; " + lint +
                                        "\nunit:\n\t@echo '217 passed in 1.0s'\n")
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
