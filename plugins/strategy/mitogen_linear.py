@@ -5,9 +5,10 @@ Mitogen keeps one Python interpreter per host for the whole run and sends it
 each task as a function call, instead of one `docker exec` (or SSH command)
 and one fresh interpreter per task. On the lab that is what a converge with
 nothing to change spends its time on (see README, Benchmark). Ansible finds
-strategies by path, not by package, hence this module (the import, the CPU
-placement and the warm Jinja plugin cache below); no maintained module or
-setting does any of them.
+strategies by path, not by package, hence this module (the import, and
+below: the CPU placement, the warm Jinja plugin cache, the tasks that need
+no host run without a fork, the compiled templates kept); no maintained
+module or setting does any of them.
 """
 import gc
 import os
